@@ -1,0 +1,378 @@
+"""The `errorgraph` command: serve, and manage projects, keys and tokens.
+
+The CLI reads the same settings as the server (environment, `.env`) and upgrades the
+database before touching it, so `errorgraph project create` writes where `errorgraph
+serve` reads. Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import typer
+
+from app.config import Settings, SettingsError, load_settings
+from app.db import Database, create_database, upgrade_database
+from app.errors import ErrorgraphError
+from app.services import keys as key_service
+from app.services.keys import CreatedProject
+
+T = TypeVar("T")
+
+cli = typer.Typer(
+    name="errorgraph",
+    help="A self-hosted error tracker.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+project_cli = typer.Typer(help="Create and list projects.", no_args_is_help=True)
+key_cli = typer.Typer(help="Create, list and revoke project keys.", no_args_is_help=True)
+token_cli = typer.Typer(help="Create API tokens for the GraphQL API.", no_args_is_help=True)
+cli.add_typer(project_cli, name="project")
+cli.add_typer(key_cli, name="key")
+cli.add_typer(token_cli, name="token")
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except (CliError, SettingsError, ErrorgraphError) as exc:
+        typer.echo(f"errorgraph: error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"errorgraph: error: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        database = create_database(settings)
+        try:
+            try:
+                await upgrade_database(database)
+            except Exception as exc:
+                raise CliError(
+                    f"cannot open the database ({settings.database_url.split('@')[-1]}): "
+                    f"{type(exc).__name__}: {exc}".splitlines()[0]
+                ) from None
+            return await work(database)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
+
+
+def dsn_for(settings: Settings, *, key: str, project_id: int) -> str:
+    """The Sentry DSN: the server's public URL with the key as user and the project id."""
+    base = urlsplit(settings.base_url())
+    netloc = f"{key}@{base.netloc}"
+    path = f"{base.path.rstrip('/')}/{project_id}"
+    return urlunsplit((base.scheme, netloc, path, "", ""))
+
+
+def _created_project_json(settings: Settings, created: CreatedProject) -> dict[str, Any]:
+    project = created.project
+    assert project.id is not None
+    return {
+        "id": project.id,
+        "slug": project.slug,
+        "name": project.name,
+        "ingest_key": created.ingest_key.secret,
+        "api_key": created.api_key.secret,
+        "dsn": dsn_for(settings, key=created.ingest_key.secret, project_id=project.id),
+        "token": created.token.secret,
+    }
+
+
+def _print_created_project(info: dict[str, Any], base_url: str) -> None:
+    typer.echo(f"Project {info['name']!r}: id {info['id']}, slug {info['slug']}")
+    typer.echo(f"  Ingest key (safe in a browser): {info['ingest_key']}")
+    typer.echo(f"  API key (read, write):          {info['api_key']}")
+    typer.echo(f"  Sentry DSN:                     {info['dsn']}")
+    typer.echo(f"  Admin API token:                {info['token']}")
+    typer.echo("Send a test error:")
+    typer.echo(
+        f"  curl -X POST {base_url}/api/v1/errors -H 'Content-Type: application/json' \\\n"
+        f"""    -d '{{"api_key": "{info["ingest_key"]}", "event_id": "test-1", """
+        f""""timestamp": "2025-01-15T10:30:00Z", "type": "exception", """
+        f""""exception": {{"type": "TestError", "message": "hello", """
+        f""""stack": "TestError: hello\\n    at test.js:1:1"}}}}'"""
+    )
+    typer.echo("Secrets are shown once; errorgraph stores only their hashes.")
+
+
+def _emit_json(data: Any) -> None:
+    typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+@project_cli.command("create")
+def project_create(
+    name: Annotated[str, typer.Argument(help="The project's name.")],
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Create a project with an ingest key, an API key, a DSN and an admin token."""
+    with _one_line_errors():
+        settings = _settings()
+        created = _with_database(
+            settings, lambda db: key_service.create_project(sessions=db.sessions, name=name)
+        )
+        info = _created_project_json(settings, created)
+        if json:
+            _emit_json(info)
+        else:
+            _print_created_project(info, settings.base_url())
+
+
+@project_cli.command("list")
+def project_list(
+    json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List projects."""
+    with _one_line_errors():
+        settings = _settings()
+        projects = _with_database(
+            settings, lambda db: key_service.list_projects(sessions=db.sessions)
+        )
+        rows = [
+            {"id": p.id, "slug": p.slug, "name": p.name, "created_at": p.created_at.isoformat()}
+            for p in projects
+        ]
+        if json:
+            _emit_json(rows)
+        elif not rows:
+            typer.echo("No projects yet: errorgraph project create NAME")
+        else:
+            for row in rows:
+                typer.echo(f"{row['id']:>5}  {row['slug']:<30} {row['name']}")
+
+
+@key_cli.command("create")
+def key_create(
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", "-s", help="ingest, read or write; repeatable.")
+    ] = None,
+    label: Annotated[str, typer.Option(help="A note to tell keys apart.")] = "",
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Create a project key (default scope: ingest)."""
+    with _one_line_errors():
+        settings = _settings()
+
+        async def work(db: Database) -> tuple[key_service.CreatedKey, int]:
+            found = await key_service.project_by_id_or_slug(sessions=db.sessions, ref=project)
+            assert found.id is not None
+            created = await key_service.create_project_key(
+                sessions=db.sessions, project_id=found.id, scopes=scope or ["ingest"], label=label
+            )
+            return created, found.id
+
+        created, project_id = _with_database(settings, work)
+        info = {
+            "id": created.key.id,
+            "project_id": project_id,
+            "scopes": created.key.scopes.split(","),
+            "key": created.secret,
+            "dsn": dsn_for(settings, key=created.secret, project_id=project_id),
+        }
+        if json:
+            _emit_json(info)
+        else:
+            typer.echo(f"Key {info['id']} ({created.key.scopes}): {created.secret}")
+            typer.echo(f"Sentry DSN: {info['dsn']}")
+
+
+@key_cli.command("list")
+def key_list(
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],
+    json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List a project's keys (their prefixes: the secrets are not stored)."""
+    with _one_line_errors():
+        settings = _settings()
+
+        async def work(db: Database) -> list[Any]:
+            found = await key_service.project_by_id_or_slug(sessions=db.sessions, ref=project)
+            assert found.id is not None
+            return await key_service.list_project_keys(sessions=db.sessions, project_id=found.id)
+
+        rows = [
+            {
+                "id": key.id,
+                "prefix": key.prefix,
+                "scopes": key.scopes.split(","),
+                "label": key.label,
+                "created_at": key.created_at.isoformat(),
+                "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+            }
+            for key in _with_database(settings, work)
+        ]
+        if json:
+            _emit_json(rows)
+        else:
+            for row in rows:
+                state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+                scopes = ",".join(row["scopes"])
+                typer.echo(
+                    f"{row['id']:>5}  {row['prefix']}…  {scopes:<18} {state}  {row['label']}"
+                )
+
+
+@key_cli.command("revoke")
+def key_revoke(key_id: Annotated[int, typer.Argument(help="The key's id.")]) -> None:
+    """Revoke a key: clients sending it are refused from now on."""
+    with _one_line_errors():
+        settings = _settings()
+        key = _with_database(
+            settings, lambda db: key_service.revoke_project_key(sessions=db.sessions, key_id=key_id)
+        )
+        typer.echo(f"Key {key.id} ({key.prefix}…) revoked.")
+
+
+@token_cli.command("create")
+def token_create(
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", "-s", help="read, write or admin; repeatable (default read)."),
+    ] = None,
+    project: Annotated[
+        list[str] | None,
+        typer.Option("--project", "-p", help="Limit to this project id or slug; repeatable."),
+    ] = None,
+    label: Annotated[str, typer.Option(help="A note to tell tokens apart.")] = "",
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Create an API token for the GraphQL API."""
+    with _one_line_errors():
+        settings = _settings()
+
+        async def work(db: Database) -> key_service.CreatedToken:
+            project_ids = None
+            if project:
+                project_ids = []
+                for ref in project:
+                    found = await key_service.project_by_id_or_slug(sessions=db.sessions, ref=ref)
+                    assert found.id is not None
+                    project_ids.append(found.id)
+            return await key_service.create_api_token(
+                sessions=db.sessions, scopes=scope or ["read"], label=label, project_ids=project_ids
+            )
+
+        created = _with_database(settings, work)
+        info = {
+            "id": created.token.id,
+            "scopes": created.token.scopes.split(","),
+            "projects": created.token.project_ids,
+            "token": created.secret,
+        }
+        if json:
+            _emit_json(info)
+        else:
+            limited = (
+                "all projects"
+                if info["projects"] is None
+                else "projects " + ", ".join(map(str, info["projects"]))
+            )
+            typer.echo(f"Token {info['id']} ({created.token.scopes}; {limited}): {created.secret}")
+
+
+async def _demo_project(db: Database) -> CreatedProject:
+    """The `demo` project with a fresh set of secrets (the old ones stay valid)."""
+    projects = await key_service.list_projects(sessions=db.sessions)
+    demo = next((p for p in projects if p.slug == "demo"), None)
+    if demo is None:
+        return await key_service.create_project(sessions=db.sessions, name="demo")
+    assert demo.id is not None
+    ingest = await key_service.create_project_key(
+        sessions=db.sessions, project_id=demo.id, scopes=["ingest"], label="demo ingest"
+    )
+    api = await key_service.create_project_key(
+        sessions=db.sessions, project_id=demo.id, scopes=["read", "write"], label="demo api"
+    )
+    token = await key_service.create_api_token(
+        sessions=db.sessions,
+        scopes=["admin", "read", "write"],
+        label="demo admin",
+        project_ids=[demo.id],
+    )
+    return CreatedProject(project=demo, ingest_key=ingest, api_key=api, token=token)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (ERRORGRAPH_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (ERRORGRAPH_PORT).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Create or reuse project 'demo' and print new keys.")
+    ] = False,
+) -> None:
+    """Serve errorgraph with uvicorn."""
+    import uvicorn
+
+    with _one_line_errors():
+        if host is not None:
+            os.environ["ERRORGRAPH_HOST"] = host
+        if port is not None:
+            os.environ["ERRORGRAPH_PORT"] = str(port)
+        settings = _settings()
+        if workers > 1 and settings.broadcast_url.startswith("memory"):
+            raise CliError(
+                f"--workers {workers} needs a shared pub/sub: memory:// reaches one process "
+                "only. Set ERRORGRAPH_BROADCAST_URL=redis://… or postgres://…"
+            )
+        if workers > 1 and settings.is_sqlite:
+            typer.echo(
+                "errorgraph: warning: several workers share one SQLite file; "
+                "PostgreSQL is the database for scale-out.",
+                err=True,
+            )
+        created = _with_database(settings, _demo_project if demo else _no_work)
+        if created is not None:
+            _print_created_project(_created_project_json(settings, created), settings.base_url())
+        typer.echo(f"errorgraph listening on {settings.base_url()} (database {_where(settings)})")
+        sys.stdout.flush()
+    uvicorn.run(
+        "app.main:app",
+        host=settings.host,
+        port=settings.port,
+        workers=workers if workers > 1 else None,
+        log_level=settings.log_level,
+        proxy_headers=True,
+    )
+
+
+async def _no_work(_db: Database) -> None:
+    return None
+
+
+def _where(settings: Settings) -> str:
+    path = settings.sqlite_path
+    if path is not None:
+        return str(path.resolve())
+    return settings.database_url.split("@")[-1]
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Settings, read from the environment (prefix `ERRORGRAPH_`) and `.env`.
+
+Settings are built once by whoever starts the process (the CLI, `app.main`) and passed
+down; nothing reads the environment at import time, so a test builds its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/errorgraph.db"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names the setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ERRORGRAPH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    broadcast_url: str = "memory://"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str | None = None
+    log_level: LogLevel = "info"
+
+    # Limits on what a client may send (bytes unless said otherwise).
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch_events: int = Field(default=100, ge=1, le=10_000)
+
+    # The batch writer: how many events one transaction takes at most, and how long the
+    # first caller waits for others to join (milliseconds). Larger batches raise
+    # throughput on SQLite; the wait bounds the latency it costs.
+    writer_max_batch: int = Field(default=500, ge=1, le=50_000)
+    writer_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme == "sqlite":
+            return "sqlite+aiosqlite" + value[len("sqlite") :]
+        if scheme == "sqlite+aiosqlite":
+            return value
+        if scheme in {"postgres", "postgresql", "postgresql+asyncpg"}:
+            rest = value.split("://", 1)[1]
+            return f"postgresql+asyncpg://{rest}"
+        raise ValueError(
+            "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (got scheme "
+            f"{scheme or 'none'!r})"
+        )
+
+    @field_validator("broadcast_url")
+    @classmethod
+    def _known_broadcast(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"memory", "redis", "rediss", "postgres", "postgresql", "kafka"}:
+            raise ValueError(f"must be memory://, redis://… or postgres://… (got {value!r})")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_public_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(
+                f"must be an absolute http(s) URL like http://errors.example.com (got {value!r})"
+            )
+        return value.rstrip("/")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file, or None for PostgreSQL and for SQLite's in-memory database."""
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split(":///", 1)[1] if ":///" in self.database_url else ""
+        path = path.split("?", 1)[0]
+        if path in {"", ":memory:"}:
+            return None
+        return Path(path)
+
+    def base_url(self) -> str:
+        """Where clients reach this server: the public URL when set, else host and port."""
+        if self.public_url:
+            return self.public_url
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
+        return f"http://{host}:{self.port}"
+
+    def logging_level(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level.upper()]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation error into one line per bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = "ERRORGRAPH_" + "_".join(str(part) for part in error["loc"]).upper()
+            lines.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None

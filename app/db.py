@@ -1,0 +1,129 @@
+"""The database: one async engine per process, short sessions, migrations on start.
+
+SQLite is set up the way a single-file database must be for a server: WAL (readers do
+not block the writer), a busy timeout (a second process waits instead of failing),
+foreign keys on, and write transactions that start with `BEGIN IMMEDIATE` so the writer
+takes the lock up front instead of failing on upgrade from a read lock. PostgreSQL runs
+the same code through asyncpg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from app.config import Settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any fixed number works: it only has to be the same in every errorgraph process.
+MIGRATION_LOCK_ID = 0x6572726F72
+
+
+@dataclass(frozen=True)
+class Database:
+    """The engine and the two session factories services use.
+
+    `sessions` is for reads and ordinary writes; `write_sessions` begins with
+    `BEGIN IMMEDIATE` on SQLite and is what the batch writer uses.
+    """
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    write_sessions: async_sessionmaker[AsyncSession]
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_database(settings: Settings) -> Database:
+    """Build the engine for `settings`, creating the SQLite file's folder when needed."""
+    kwargs: dict[str, Any] = {}
+    if settings.is_sqlite:
+        path = settings.sqlite_path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["pool_pre_ping"] = True
+        kwargs["pool_size"] = 10
+        kwargs["max_overflow"] = 20
+    engine = create_async_engine(settings.database_url, **kwargs)
+    if settings.is_sqlite:
+        _install_sqlite_pragmas(engine)
+        write_engine = engine.execution_options(sqlite_begin="IMMEDIATE")
+    else:
+        write_engine = engine
+    return Database(
+        engine=engine,
+        sessions=async_sessionmaker(engine, expire_on_commit=False),
+        write_sessions=async_sessionmaker(write_engine, expire_on_commit=False),
+    )
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """An Alembic config pointing at the migrations shipped inside the package."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("app") / "migrations"))
+    if database_url:
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+async def upgrade_database(database: Database) -> None:
+    """Bring the schema to the newest migration; safe when several processes start at once."""
+
+    def run(connection: Connection) -> None:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    engine = database.engine
+    if engine.dialect.name == "sqlite":
+        engine = engine.execution_options(sqlite_begin="IMMEDIATE")  # type: ignore[assignment]
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def database_ok(database: Database, *, seconds: float = 5.0) -> str | None:
+    """None when the database answers, else the reason it does not."""
+    try:
+        async with asyncio.timeout(seconds), database.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except TimeoutError:
+        return f"database did not answer within {seconds:g}s"
+    except Exception as exc:
+        return f"database unavailable: {type(exc).__name__}: {exc}"[:500]
+    return None

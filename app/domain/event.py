@@ -1,0 +1,242 @@
+"""The canonical event: what every dialect's request becomes before ingest.
+
+Every REST dialect and the Sentry protocol map their payloads onto `EventIn`; nothing
+after the dialect module knows where an event came from except through `dialect`.
+
+Conventions, following the Sentry event protocol so that mapping is direct:
+
+- `exceptions` is the chain in the order it happened: the first raised (the root
+  cause) first, the one that surfaced last. The last item is the primary exception.
+- `frames` in each exception run from the outermost call to the innermost, so the
+  crash site is the last frame.
+
+Limits are applied here, at the edge, so that storage and grouping never see
+unbounded input: long strings are cut and marked, frame lists keep both ends, and
+only the most recent breadcrumbs are kept.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+TRUNCATION_MARKER = "…[truncated]"
+
+MAX_FRAMES = 250
+MAX_BREADCRUMBS = 100
+MAX_EXCEPTIONS = 25
+MAX_TAGS = 200
+
+
+def _truncator(limit: int) -> AfterValidator:
+    """Cut a string to `limit` characters, marking the cut so nobody mistakes it for data."""
+
+    def cut(value: str) -> str:
+        if len(value) <= limit:
+            return value
+        return value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+    return AfterValidator(cut)
+
+
+ShortStr = Annotated[str, _truncator(200)]
+NameStr = Annotated[str, _truncator(512)]
+PathStr = Annotated[str, _truncator(1024)]
+TextStr = Annotated[str, _truncator(8192)]
+StackText = Annotated[str, _truncator(262_144)]
+
+
+class Level(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    FATAL = "fatal"
+
+    @classmethod
+    def parse(cls, value: object, default: Level | None = None) -> Level:
+        """Read the level names clients actually send (`warn`, `critical`, `log`, any case)."""
+        if value is None and default is not None:
+            return default
+        text = str(value).strip().lower()
+        aliases = {
+            "warn": cls.WARNING,
+            "critical": cls.FATAL,
+            "log": cls.INFO,
+            "notice": cls.INFO,
+            "trace": cls.DEBUG,
+            "err": cls.ERROR,
+            "exception": cls.ERROR,
+        }
+        if text in aliases:
+            return aliases[text]
+        return cls(text)
+
+
+class EventType(StrEnum):
+    EXCEPTION = "exception"
+    MESSAGE = "message"
+    LOG = "log"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+
+class Frame(_Model):
+    """One stack frame. Every field is optional: parsers fill what the format carries."""
+
+    filename: PathStr | None = None
+    abs_path: PathStr | None = None
+    function: NameStr | None = None
+    module: NameStr | None = None
+    lineno: int | None = None
+    colno: int | None = None
+    in_app: bool | None = None
+    context_line: TextStr | None = None
+    pre_context: list[TextStr] = Field(default_factory=list, max_length=50)
+    post_context: list[TextStr] = Field(default_factory=list, max_length=50)
+    vars: dict[str, Any] = Field(default_factory=dict)
+    platform: ShortStr | None = None
+
+
+class ExceptionIn(_Model):
+    type: NameStr | None = None
+    value: TextStr | None = None
+    module: NameStr | None = None
+    mechanism: dict[str, Any] | None = None
+    frames: list[Frame] = Field(default_factory=list)
+
+    @field_validator("frames", mode="after")
+    @classmethod
+    def _keep_both_ends(cls, frames: list[Frame]) -> list[Frame]:
+        """Keep the outermost and innermost frames of a deep stack (recursion), like Sentry."""
+        if len(frames) <= MAX_FRAMES:
+            return frames
+        head = MAX_FRAMES // 5
+        return frames[:head] + frames[-(MAX_FRAMES - head) :]
+
+
+class UserIn(_Model):
+    """The end user an error hit. `id` is the client's identifier, not ours."""
+
+    id: ShortStr | None = None
+    email: ShortStr | None = None
+    username: ShortStr | None = None
+    name: ShortStr | None = None
+    ip_address: ShortStr | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+    def external_id(self) -> str | None:
+        """The identity used to count users: id, else e-mail, else username, else IP."""
+        return self.id or self.email or self.username or self.ip_address
+
+
+class AccountIn(_Model):
+    """The customer account (organisation) of a B2B application."""
+
+    id: ShortStr | None = None
+    name: ShortStr | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+def _new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventIn(_Model):
+    """One event, as every dialect hands it to the ingest service."""
+
+    event_id: Annotated[str, Field(min_length=1, max_length=128)] = Field(
+        default_factory=_new_event_id
+    )
+    timestamp: datetime = Field(default_factory=_utcnow)
+    type: EventType = EventType.EXCEPTION
+    level: Level = Level.ERROR
+    platform: ShortStr | None = None
+    logger: ShortStr | None = None
+    environment: ShortStr | None = None
+    release: ShortStr | None = None
+    server_name: ShortStr | None = None
+    transaction: NameStr | None = None
+    message: TextStr | None = None
+    exceptions: list[ExceptionIn] = Field(default_factory=list)
+    raw_stacktrace: StackText | None = None
+    url: PathStr | None = None
+    user_agent: TextStr | None = None
+    request: dict[str, Any] | None = None
+    user: UserIn | None = None
+    account: AccountIn | None = None
+    session_id: ShortStr | None = None
+    window_id: ShortStr | None = None
+    breadcrumbs: list[dict[str, Any]] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+    contexts: dict[str, Any] = Field(default_factory=dict)
+    fingerprint: list[str] | None = None
+    dialect: ShortStr = "api"
+    client_ip: ShortStr | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_aliases(cls, value: object) -> object:
+        return Level.parse(value) if value is not None else Level.ERROR
+
+    @field_validator("timestamp", mode="after")
+    @classmethod
+    def _aware_utc(cls, value: datetime) -> datetime:
+        """Naive timestamps are taken as UTC, the only zone clients are told to send."""
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @field_validator("exceptions", mode="after")
+    @classmethod
+    def _bounded_chain(cls, value: list[ExceptionIn]) -> list[ExceptionIn]:
+        return value[-MAX_EXCEPTIONS:]
+
+    @field_validator("breadcrumbs", mode="after")
+    @classmethod
+    def _recent_breadcrumbs(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return value[-MAX_BREADCRUMBS:]
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags_as_text(cls, value: object) -> object:
+        """Tags arrive as a dict or as Sentry's list of pairs; values become short strings."""
+        if value is None:
+            return {}
+        if isinstance(value, list):
+            pairs = [item for item in value if isinstance(item, list | tuple) and len(item) == 2]
+            value = dict(pairs)
+        if isinstance(value, dict):
+            out: dict[str, str] = {}
+            for key, item in list(value.items())[:MAX_TAGS]:
+                if item is None:
+                    continue
+                text = item if isinstance(item, str) else str(item)
+                out[str(key)[:200]] = text[:200]
+            return out
+        return value
+
+    @property
+    def primary_exception(self) -> ExceptionIn | None:
+        return self.exceptions[-1] if self.exceptions else None

@@ -1,0 +1,91 @@
+"""The ASGI application: `create_app(settings)` for tests, `app` for `uvicorn app.main:app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.config import Settings, load_settings
+from app.errors import ErrorgraphError
+from app.services.runtime import Runtime
+from rest_compat import proliferate
+from rest_compat.common import JSONOut, error_response, runtime_of
+
+log = logging.getLogger("errorgraph")
+
+
+async def health(request: Request) -> Response:
+    """Database reachable → 200 `{"status": "ok"}`; else 503 with the reason."""
+    reason = await runtime_of(request).unready_reason()
+    if reason is None:
+        return JSONOut({"status": "ok"})
+    return JSONOut({"status": "unavailable", "reason": reason}, status_code=503)
+
+
+async def live(_request: Request) -> Response:
+    """The process answers: for a supervisor deciding whether to restart it."""
+    return JSONOut({"status": "ok"})
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONOut({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _domain_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ErrorgraphError)
+    return error_response(exc)
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    log.error("unhandled error", exc_info=exc)
+    return JSONOut({"detail": "internal server error"}, status_code=500)
+
+
+def create_app(
+    settings: Settings | None = None, *, runtime_options: dict[str, Any] | None = None
+) -> Starlette:
+    """Build the app; the database is upgraded and the writer started in the lifespan."""
+    settings = settings or load_settings()
+    options = runtime_options or {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings, **options)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/health/ready", health, methods=["GET"]),
+        Route("/health/live", live, methods=["GET"]),
+        *proliferate.routes,
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            HTTPException: _http_error,
+            ErrorgraphError: _domain_error,
+            Exception: _unexpected,
+        },
+    )
+
+
+def __getattr__(name: str) -> Starlette:
+    # `uvicorn app.main:app` asks for `app`: build it then, so importing this module never
+    # reads the environment.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

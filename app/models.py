@@ -1,0 +1,320 @@
+"""The tables. This is the only module that declares them; services are the only code
+that reads or writes them.
+
+Timestamps are stored in UTC and always come back timezone-aware, on SQLite (which has
+no zone type) as on PostgreSQL. JSON columns are JSONB on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A datetime column that stores UTC and returns aware datetimes on every backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            # SQLite compares the stored text: keep one format, without an offset.
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(*, nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=sa.Column(UTCDateTime(), nullable=nullable))
+
+
+def _json(*, nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=sa.Column(JSONType, nullable=nullable))
+
+
+class GroupStatus(StrEnum):
+    UNRESOLVED = "unresolved"
+    RESOLVED = "resolved"
+    IGNORED = "ignored"
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "project"
+
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(max_length=100, sa_column_kwargs={"unique": True}, nullable=False)
+    name: str = Field(max_length=200)
+    grouping_strategy: str = Field(default="frames", max_length=32)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+
+
+class ProjectKey(SQLModel, table=True):
+    """A key clients send. Only its SHA-256 is stored; `prefix` lets people tell keys apart."""
+
+    __tablename__ = "project_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(
+            sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    label: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=16)
+    key_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    scopes: str = Field(max_length=100)  # comma-separated: ingest, read, write
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """A token for the GraphQL API and management calls; `project_ids` None means all."""
+
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    label: str = Field(default="", max_length=200)
+    prefix: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, sa_column_kwargs={"unique": True}, nullable=False)
+    scopes: str = Field(max_length=100)  # comma-separated: read, write, admin
+    project_ids: list[int] | None = _json()
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class Group(SQLModel, table=True):
+    """An issue: the events that share a fingerprint within a project."""
+
+    __tablename__ = "error_group"
+    __table_args__ = (
+        sa.UniqueConstraint("project_id", "fingerprint", name="uq_group_project_fingerprint"),
+        sa.Index("ix_group_project_status_last_seen", "project_id", "status", "last_seen", "id"),
+        sa.Index("ix_group_project_last_seen", "project_id", "last_seen", "id"),
+        sa.Index("ix_group_project_first_seen", "project_id", "first_seen", "id"),
+        sa.Index("ix_group_project_count", "project_id", "count", "id"),
+        sa.Index("ix_group_project_user_count", "project_id", "user_count", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False)
+    )
+    fingerprint: str = Field(max_length=64)
+    grouping_strategy: str = Field(max_length=32)
+    grouping_reason: str = Field(default="", max_length=1000)
+    title: str = Field(max_length=1000)
+    culprit: str | None = Field(default=None, max_length=1000)
+    exception_type: str | None = Field(default=None, max_length=512)
+    message: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    level: str = Field(max_length=16)
+    platform: str | None = Field(default=None, max_length=200)
+    status: str = Field(default=GroupStatus.UNRESOLVED, max_length=16)
+    is_regression: bool = Field(default=False)
+    count: int = Field(default=0)
+    user_count: int = Field(default=0)
+    account_count: int = Field(default=0)
+    first_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    first_release: str | None = Field(default=None, max_length=200)
+    last_release: str | None = Field(default=None, max_length=200)
+    resolved_at: datetime | None = _ts(nullable=True)
+    # "Resolved in next release": the release that was current when resolved; an event of
+    # the same release does not reopen the group.
+    resolved_in_release: str | None = Field(default=None, max_length=200)
+    ignored_at: datetime | None = _ts(nullable=True)
+    ignore_until: datetime | None = _ts(nullable=True)
+    ignore_until_count: int | None = Field(default=None)
+    ignore_until_user_count: int | None = Field(default=None)
+    # Counts when ignored, so "until N more events / users" is measured from that moment.
+    ignore_base_count: int | None = Field(default=None)
+    ignore_base_user_count: int | None = Field(default=None)
+
+
+class AffectedUser(SQLModel, table=True):
+    """An end user of the client's application that errors hit."""
+
+    __tablename__ = "affected_user"
+    __table_args__ = (
+        sa.UniqueConstraint("project_id", "external_id", name="uq_user_project_external"),
+        sa.Index("ix_user_project_last_seen", "project_id", "last_seen", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False)
+    )
+    external_id: str = Field(max_length=200)
+    email: str | None = Field(default=None, max_length=200)
+    username: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    ip_address: str | None = Field(default=None, max_length=200)
+    data: dict[str, Any] | None = _json()
+    first_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    event_count: int = Field(default=0)
+
+
+class Account(SQLModel, table=True):
+    """A customer account (organisation) of a B2B client application."""
+
+    __tablename__ = "account"
+    __table_args__ = (
+        sa.UniqueConstraint("project_id", "external_id", name="uq_account_project_external"),
+        sa.Index("ix_account_project_last_seen", "project_id", "last_seen", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False)
+    )
+    external_id: str = Field(max_length=200)
+    name: str | None = Field(default=None, max_length=200)
+    data: dict[str, Any] | None = _json()
+    first_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    event_count: int = Field(default=0)
+
+
+class GroupUser(SQLModel, table=True):
+    """Which users a group affected: exact, so "users affected by this issue" is a count."""
+
+    __tablename__ = "group_user"
+    __table_args__ = (sa.Index("ix_group_user_user", "user_id", "group_id"),)
+
+    group_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("error_group.id", ondelete="CASCADE"), primary_key=True)
+    )
+    user_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("affected_user.id", ondelete="CASCADE"), primary_key=True)
+    )
+    first_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    event_count: int = Field(default=0)
+
+
+class GroupAccount(SQLModel, table=True):
+    __tablename__ = "group_account"
+    __table_args__ = (sa.Index("ix_group_account_account", "account_id", "group_id"),)
+
+    group_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("error_group.id", ondelete="CASCADE"), primary_key=True)
+    )
+    account_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True)
+    )
+    first_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    last_seen: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    event_count: int = Field(default=0)
+
+
+class Event(SQLModel, table=True):
+    """One occurrence. `event_id` is the client's id (unique per project, so a resend is
+    stored once); `id` is ours."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        sa.UniqueConstraint("project_id", "event_id", name="uq_event_project_event_id"),
+        sa.Index("ix_event_group_timestamp", "group_id", "timestamp", "id"),
+        sa.Index("ix_event_project_timestamp", "project_id", "timestamp", "id"),
+        sa.Index("ix_event_project_received", "project_id", "received_at"),
+        sa.Index("ix_event_user", "affected_user_id", "timestamp"),
+        sa.Index("ix_event_account", "account_id", "timestamp"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False)
+    )
+    group_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("error_group.id", ondelete="CASCADE"), nullable=False)
+    )
+    event_id: str = Field(max_length=128)
+    timestamp: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    type: str = Field(max_length=16)
+    level: str = Field(max_length=16)
+    platform: str | None = Field(default=None, max_length=200)
+    logger: str | None = Field(default=None, max_length=200)
+    environment: str | None = Field(default=None, max_length=200)
+    release: str | None = Field(default=None, max_length=200)
+    server_name: str | None = Field(default=None, max_length=200)
+    transaction: str | None = Field(default=None, max_length=512)
+    message: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    exception_type: str | None = Field(default=None, max_length=512)
+    exception_value: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    # The chain, root cause first, each with its parsed frames (outermost first).
+    exceptions: list[dict[str, Any]] | None = _json()
+    raw_stacktrace: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    url: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    user_agent: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    request: dict[str, Any] | None = _json()
+    user: dict[str, Any] | None = _json()
+    affected_user_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.ForeignKey("affected_user.id", ondelete="SET NULL"), nullable=True),
+    )
+    account: dict[str, Any] | None = _json()
+    account_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.ForeignKey("account.id", ondelete="SET NULL"), nullable=True),
+    )
+    session_id: str | None = Field(default=None, max_length=200)
+    window_id: str | None = Field(default=None, max_length=200)
+    breadcrumbs: list[dict[str, Any]] | None = _json()
+    tags: dict[str, str] | None = _json()
+    extra: dict[str, Any] | None = _json()
+    contexts: dict[str, Any] | None = _json()
+    fingerprint: list[str] | None = _json()
+    dialect: str = Field(max_length=32)
+    client_ip: str | None = Field(default=None, max_length=64)
+
+
+class RetentionPolicy(SQLModel, table=True):
+    """How long a project's events are kept. A row with no project is the server default."""
+
+    __tablename__ = "retention_policy"
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=True, unique=True
+        ),
+    )
+    days: int = Field(default=90)
+    auto_export_before_cleanup: bool = Field(default=False)
+    export_destination: str | None = Field(default=None, max_length=1000)
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )

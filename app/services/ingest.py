@@ -1,0 +1,833 @@
+"""The one ingest path: canonical events in, one committed batch, a result per event.
+
+Every dialect hands `EventIn` objects to `ingest_events`. Each event is normalised
+(frames parsed from raw stack text) and fingerprinted in the caller's task, then queued
+for the `BatchWriter`, a single task that takes whatever callers are waiting (up to a
+bounded number of events, waiting at most a bounded time for more) and writes them in ONE
+transaction: users and accounts upserted, groups upserted (counts, last seen, releases,
+regressions, ignore conditions), events inserted, link tables updated. Only after the
+commit are the callers answered and the ids published. This group commit is what lets
+one SQLite file take thousands of events a second, and it is also correct with several
+processes on PostgreSQL: counters are incremented in SQL, new rows are inserted with
+ON CONFLICT DO NOTHING and looked up again, and groups are locked (FOR UPDATE) while
+their status is decided.
+
+A repeated client `event_id` is stored once; the repeat is answered as a duplicate of
+the stored event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import Database
+from app.domain.event import EventIn, EventType
+from app.domain.grouping import Grouping, grouping_for_event, title_and_culprit
+from app.domain.stacktrace import parse_stacktrace
+from app.errors import InvalidInput, Unavailable
+from app.models import (
+    Account,
+    AffectedUser,
+    Event,
+    Group,
+    GroupAccount,
+    GroupStatus,
+    GroupUser,
+    Project,
+    utcnow,
+)
+from app.pubsub import EVENT_CAPTURED, GROUP_CREATED, GROUP_UPDATED, PubSub
+
+log = logging.getLogger(__name__)
+
+EVENTS = Event.__table__
+GROUPS = Group.__table__
+USERS = AffectedUser.__table__
+ACCOUNTS = Account.__table__
+GROUP_USERS = GroupUser.__table__
+GROUP_ACCOUNTS = GroupAccount.__table__
+
+# Rows per multi-row statement: well under SQLite's bound-parameter limit.
+CHUNK = 200
+
+Clock = Callable[[], datetime]
+Outcome = Literal["created", "existing", "duplicate"]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What happened to one event: `created` when its group is new, `existing` when it
+    joined a stored group, `duplicate` when its event_id was already stored (then `id`
+    is the stored event's); `regression` when it reopened a resolved group."""
+
+    event_id: str
+    status: Outcome
+    id: int
+    group_id: int
+    project_id: int
+    regression: bool = False
+
+
+@dataclass(frozen=True)
+class PreparedEvent:
+    """An event ready for the writer: normalised, fingerprinted, summarised."""
+
+    event: EventIn
+    grouping: Grouping
+    title: str
+    culprit: str | None
+
+
+def prepare_event(event: EventIn, *, strategy: str, project_id: int) -> PreparedEvent:
+    """Parse raw stack text into frames when the client sent only text, then fingerprint.
+
+    When the client named the exception type or value itself, those win over what the
+    text says; unknown stack formats keep the raw text and group by message.
+    """
+    if event.raw_stacktrace and not any(exc.frames for exc in event.exceptions):
+        parsed = parse_stacktrace(event.raw_stacktrace)
+        if parsed:
+            given = event.primary_exception
+            if given is not None:
+                primary = parsed[-1]
+                parsed[-1] = primary.model_copy(
+                    update={
+                        "type": given.type or primary.type,
+                        "value": given.value or primary.value,
+                        "module": given.module or primary.module,
+                        "mechanism": given.mechanism or primary.mechanism,
+                    }
+                )
+            event = event.model_copy(update={"exceptions": parsed})
+    if event.type is EventType.EXCEPTION and not event.exceptions and not event.message:
+        raise InvalidInput("an exception event needs an exception or a message", field="exception")
+    grouping = grouping_for_event(event, strategy=strategy, project_id=project_id)
+    title, culprit = title_and_culprit(event)
+    return PreparedEvent(event=event, grouping=grouping, title=title, culprit=culprit)
+
+
+async def ingest_events(
+    *, writer: BatchWriter, project: Project, events: Sequence[EventIn]
+) -> list[IngestResult]:
+    """Store `events` for `project`; returns only after they are committed."""
+    assert project.id is not None
+    prepared = [
+        prepare_event(event, strategy=project.grouping_strategy, project_id=project.id)
+        for event in events
+    ]
+    return await writer.submit(project_id=project.id, events=prepared)
+
+
+@dataclass
+class _Pending:
+    project_id: int
+    events: list[PreparedEvent]
+    future: asyncio.Future[list[IngestResult]]
+
+
+@dataclass
+class _Seen:
+    """Aggregate of one user, account, group or link over a batch."""
+
+    count: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, when: datetime, attrs: dict[str, Any] | None = None) -> None:
+        self.count += 1
+        if self.first is None or when < self.first:
+            self.first = when
+        if self.last is None or when >= self.last:
+            self.last = when
+            if attrs:
+                self.attrs.update({k: v for k, v in attrs.items() if v is not None})
+        elif attrs:
+            for key, value in attrs.items():
+                self.attrs.setdefault(key, value)
+
+
+def _insert_ignoring_conflicts(conn: AsyncConnection, table: sa.Table) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _later(column: sa.Column[Any], param: str) -> Any:
+    return sa.case((column < sa.bindparam(param), sa.bindparam(param)), else_=column)
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class BatchWriter:
+    """The single writer task of this process (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        pubsub: PubSub | None = None,
+        max_batch: int = 500,
+        max_wait: float = 0.0,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._database = database
+        self._pubsub = pubsub
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._clock = clock
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._publish_queue: asyncio.Queue[list[tuple[str, dict[str, Any]]] | None] = (
+            asyncio.Queue()
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches_written = 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="errorgraph-batch-writer")
+        self._publisher = asyncio.create_task(self._publish_loop(), name="errorgraph-publisher")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop; later submissions are refused."""
+        self._closing = True
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+        if self._publisher is not None:
+            await self._publish_queue.put(None)
+            await self._publisher
+
+    async def submit(self, *, project_id: int, events: list[PreparedEvent]) -> list[IngestResult]:
+        if not events:
+            return []
+        if self._closing or not self.running:
+            raise Unavailable("the server is shutting down")
+        future: asyncio.Future[list[IngestResult]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(project_id=project_id, events=events, future=future))
+        return await future
+
+    async def _next_batch(self) -> tuple[list[_Pending], bool]:
+        first = await self._queue.get()
+        if first is None:
+            return [], True
+        batch, size = [first], len(first.events)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_wait
+        while size < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item is None:
+                return batch, True
+            batch.append(item)
+            size += len(item.events)
+        return batch, False
+
+    async def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch, stop = await self._next_batch()
+            if batch:
+                await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[_Pending]) -> None:
+        try:
+            results, messages = await self._write(batch)
+        except Exception as exc:
+            if len(batch) > 1:
+                # One caller's bad data must not fail the others: retry each on its own.
+                for item in batch:
+                    await self._write_batch([item])
+                return
+            log.exception("ingest batch failed")
+            error = exc if isinstance(exc, InvalidInput) else Unavailable("could not store events")
+            if not batch[0].future.done():
+                batch[0].future.set_exception(error)
+            return
+        self.batches_written += 1
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+        if self._pubsub is not None and messages:
+            self._publish_queue.put_nowait(messages)
+
+    async def _publish_loop(self) -> None:
+        """Publish in commit order, off the writer's path: a slow broker never slows ingest."""
+        while True:
+            messages = await self._publish_queue.get()
+            if messages is None:
+                return
+            if self._pubsub is None:
+                continue
+            for channel, message in messages:
+                try:
+                    await self._pubsub.publish(channel, message)
+                except Exception:
+                    log.exception("publishing %s failed", channel)
+
+    async def _write(
+        self, batch: list[_Pending]
+    ) -> tuple[list[list[IngestResult]], list[tuple[str, dict[str, Any]]]]:
+        received = self._clock()
+        async with self._database.write_sessions.begin() as session:
+            conn = await session.connection()
+            return await _write_batch(conn, batch, received)
+
+
+async def _write_batch(
+    conn: AsyncConnection, batch: list[_Pending], received: datetime
+) -> tuple[list[list[IngestResult]], list[tuple[str, dict[str, Any]]]]:
+    entries = [(item.project_id, prepared) for item in batch for prepared in item.events]
+
+    # 1. Duplicates: against what is stored, and within the batch.
+    stored: dict[tuple[int, str], tuple[int, int]] = {}
+    ids_by_project: dict[int, list[str]] = {}
+    for project_id, prepared in entries:
+        ids_by_project.setdefault(project_id, []).append(prepared.event.event_id)
+    for project_id, event_ids in ids_by_project.items():
+        for chunk in _chunks(sorted(set(event_ids))):
+            rows = await conn.execute(
+                sa.select(EVENTS.c.event_id, EVENTS.c.id, EVENTS.c.group_id).where(
+                    EVENTS.c.project_id == project_id, EVENTS.c.event_id.in_(chunk)
+                )
+            )
+            for event_id, row_id, group_id in rows:
+                stored[(project_id, event_id)] = (row_id, group_id)
+    fresh: list[tuple[int, PreparedEvent]] = []
+    first_in_batch: set[tuple[int, str]] = set()
+    for project_id, prepared in entries:
+        key = (project_id, prepared.event.event_id)
+        if key in stored or key in first_in_batch:
+            continue
+        first_in_batch.add(key)
+        fresh.append((project_id, prepared))
+
+    # 2. Users and accounts.
+    users: dict[tuple[int, str], _Seen] = {}
+    accounts: dict[tuple[int, str], _Seen] = {}
+    for project_id, prepared in fresh:
+        event = prepared.event
+        if event.user is not None and (external := event.user.external_id()):
+            users.setdefault((project_id, external), _Seen()).add(
+                event.timestamp,
+                {
+                    "email": event.user.email,
+                    "username": event.user.username,
+                    "name": event.user.name,
+                    "ip_address": event.user.ip_address,
+                    "data": event.user.data or None,
+                },
+            )
+        if event.account is not None and event.account.id:
+            accounts.setdefault((project_id, event.account.id), _Seen()).add(
+                event.timestamp, {"name": event.account.name, "data": event.account.data or None}
+            )
+    user_ids = await _upsert_people(conn, USERS, users)
+    account_ids = await _upsert_people(conn, ACCOUNTS, accounts)
+
+    # 3. Groups: create the missing ones, lock all of them.
+    groups: dict[tuple[int, str], _Seen] = {}
+    first_event: dict[tuple[int, str], PreparedEvent] = {}
+    for project_id, prepared in fresh:
+        key = (project_id, prepared.grouping.hash)
+        seen = groups.setdefault(key, _Seen())
+        seen.add(prepared.event.timestamp, {"release": prepared.event.release})
+        if prepared.event.release:
+            seen.attrs.setdefault("releases", []).append(prepared.event.release)
+        if key not in first_event or prepared.event.timestamp < first_event[key].event.timestamp:
+            first_event[key] = prepared
+    group_rows, created_groups = await _upsert_groups(conn, groups, first_event)
+
+    # 4. Events.
+    event_rows = []
+    for project_id, prepared in fresh:
+        event = prepared.event
+        group_id = group_rows[(project_id, prepared.grouping.hash)]["id"]
+        user_key = (project_id, event.user.external_id()) if event.user else None
+        primary = event.primary_exception
+        event_rows.append(
+            {
+                "project_id": project_id,
+                "group_id": group_id,
+                "event_id": event.event_id,
+                "timestamp": event.timestamp,
+                "received_at": received,
+                "type": event.type.value,
+                "level": event.level.value,
+                "platform": event.platform,
+                "logger": event.logger,
+                "environment": event.environment,
+                "release": event.release,
+                "server_name": event.server_name,
+                "transaction": event.transaction,
+                "message": event.message,
+                "exception_type": primary.type if primary else None,
+                "exception_value": primary.value if primary else None,
+                "exceptions": [exc.model_dump(mode="json") for exc in event.exceptions] or None,
+                "raw_stacktrace": event.raw_stacktrace,
+                "url": event.url,
+                "user_agent": event.user_agent,
+                "request": event.request,
+                "user": event.user.model_dump(mode="json", exclude_none=True)
+                if event.user
+                else None,
+                "affected_user_id": user_ids.get(user_key) if user_key else None,
+                "account": event.account.model_dump(mode="json", exclude_none=True)
+                if event.account
+                else None,
+                "account_id": account_ids.get((project_id, event.account.id))
+                if event.account and event.account.id
+                else None,
+                "session_id": event.session_id,
+                "window_id": event.window_id,
+                "breadcrumbs": event.breadcrumbs or None,
+                "tags": event.tags or None,
+                "extra": event.extra or None,
+                "contexts": event.contexts or None,
+                "fingerprint": event.fingerprint,
+                "dialect": event.dialect,
+                "client_ip": event.client_ip,
+            }
+        )
+    new_ids: dict[tuple[int, str], int] = {}
+    for chunk in _chunks(event_rows):
+        inserted = await conn.execute(
+            sa.insert(EVENTS).returning(
+                EVENTS.c.id, EVENTS.c.project_id, EVENTS.c.event_id, sort_by_parameter_order=True
+            ),
+            list(chunk),
+        )
+        for row_id, project_id, event_id in inserted:
+            new_ids[(project_id, event_id)] = row_id
+
+    # 5. Which users and accounts each group affected.
+    group_users: dict[tuple[int, int], _Seen] = {}
+    group_accounts: dict[tuple[int, int], _Seen] = {}
+    for row in event_rows:
+        if row["affected_user_id"] is not None:
+            group_users.setdefault((row["group_id"], row["affected_user_id"]), _Seen()).add(
+                row["timestamp"]
+            )
+        if row["account_id"] is not None:
+            group_accounts.setdefault((row["group_id"], row["account_id"]), _Seen()).add(
+                row["timestamp"]
+            )
+    new_users = await _upsert_links(conn, GROUP_USERS, "user_id", group_users)
+    new_accounts = await _upsert_links(conn, GROUP_ACCOUNTS, "account_id", group_accounts)
+
+    # 6. Group counters and status.
+    regressed, updates = _group_updates(
+        group_rows, groups, new_users, new_accounts, received=received
+    )
+    if updates:
+        await conn.execute(
+            GROUPS.update()
+            .where(GROUPS.c.id == sa.bindparam("b_id"))
+            .values(
+                count=GROUPS.c.count + sa.bindparam("b_count"),
+                user_count=GROUPS.c.user_count + sa.bindparam("b_users"),
+                account_count=GROUPS.c.account_count + sa.bindparam("b_accounts"),
+                last_seen=_later(GROUPS.c.last_seen, "b_last"),
+                last_release=sa.func.coalesce(sa.bindparam("b_release"), GROUPS.c.last_release),
+                status=sa.bindparam("b_status"),
+                is_regression=sa.bindparam("b_regression"),
+                resolved_at=sa.bindparam("b_resolved_at"),
+                resolved_in_release=sa.bindparam("b_resolved_in"),
+                ignored_at=sa.bindparam("b_ignored_at"),
+                ignore_until=sa.bindparam("b_ignore_until"),
+                ignore_until_count=sa.bindparam("b_ignore_count"),
+                ignore_until_user_count=sa.bindparam("b_ignore_users"),
+                ignore_base_count=sa.bindparam("b_ignore_base"),
+                ignore_base_user_count=sa.bindparam("b_ignore_base_users"),
+            ),
+            updates,
+        )
+
+    # 7. Results, per caller, in the order sent; and what to publish after commit.
+    results: list[list[IngestResult]] = []
+    answered: set[tuple[int, str]] = set()
+    for item in batch:
+        answer = []
+        for prepared in item.events:
+            key = (item.project_id, prepared.event.event_id)
+            if key in stored:
+                row_id, group_id = stored[key]
+                answer.append(
+                    IngestResult(
+                        event_id=prepared.event.event_id,
+                        status="duplicate",
+                        id=row_id,
+                        group_id=group_id,
+                        project_id=item.project_id,
+                    )
+                )
+                continue
+            group_key = (item.project_id, prepared.grouping.hash)
+            group_id = group_rows[group_key]["id"]
+            row_id = new_ids[key]
+            if key in answered:
+                status: Outcome = "duplicate"
+            else:
+                answered.add(key)
+                status = "created" if group_key in created_groups else "existing"
+            answer.append(
+                IngestResult(
+                    event_id=prepared.event.event_id,
+                    status=status,
+                    id=row_id,
+                    group_id=group_id,
+                    project_id=item.project_id,
+                    regression=group_id in regressed,
+                )
+            )
+        results.append(answer)
+
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for key in created_groups:
+        messages.append((GROUP_CREATED, {"group_id": group_rows[key]["id"], "project_id": key[0]}))
+    for row in event_rows:
+        messages.append(
+            (
+                EVENT_CAPTURED,
+                {
+                    "event_id": new_ids[(row["project_id"], row["event_id"])],
+                    "group_id": row["group_id"],
+                    "project_id": row["project_id"],
+                },
+            )
+        )
+    for key, row in group_rows.items():
+        if key in groups:
+            kind = "REGRESSION" if row["id"] in regressed else "NEW_EVENT"
+            messages.append(
+                (GROUP_UPDATED, {"group_id": row["id"], "project_id": key[0], "kind": kind})
+            )
+    return results, messages
+
+
+async def _upsert_people(
+    conn: AsyncConnection, table: sa.Table, seen: dict[tuple[int, str], _Seen]
+) -> dict[tuple[int, str], int]:
+    """Users or accounts by (project, external id) → our id, counting this batch's events."""
+    if not seen:
+        return {}
+    attr_columns = [
+        c.name for c in table.c if c.name in {"email", "username", "name", "ip_address", "data"}
+    ]
+    ids: dict[tuple[int, str], int] = {}
+    await _select_people(conn, table, list(seen), ids)
+    missing = [key for key in seen if key not in ids]
+    for chunk in _chunks(missing):
+        rows = [
+            {
+                "project_id": key[0],
+                "external_id": key[1],
+                "first_seen": seen[key].first,
+                "last_seen": seen[key].last,
+                "event_count": seen[key].count,
+                **{name: seen[key].attrs.get(name) for name in attr_columns},
+            }
+            for key in chunk
+        ]
+        stmt = (
+            _insert_ignoring_conflicts(conn, table)
+            .values(rows)
+            .returning(table.c.id, table.c.project_id, table.c.external_id)
+        )
+        for row_id, project_id, external_id in await conn.execute(stmt):
+            ids[(project_id, external_id)] = row_id
+    created = {key for key in missing if key in ids}
+    lost_race = [key for key in missing if key not in ids]
+    if lost_race:
+        await _select_people(conn, table, lost_race, ids)
+    existing = [key for key in seen if key not in created]
+    if existing:
+        await conn.execute(
+            table.update()
+            .where(table.c.id == sa.bindparam("b_id"))
+            .values(
+                event_count=table.c.event_count + sa.bindparam("b_count"),
+                last_seen=_later(table.c.last_seen, "b_last"),
+                **{
+                    name: sa.func.coalesce(sa.bindparam(f"b_{name}"), table.c[name])
+                    for name in attr_columns
+                },
+            ),
+            [
+                {
+                    "b_id": ids[key],
+                    "b_count": seen[key].count,
+                    "b_last": seen[key].last,
+                    **{f"b_{name}": seen[key].attrs.get(name) for name in attr_columns},
+                }
+                for key in existing
+            ],
+        )
+    return ids
+
+
+async def _select_people(
+    conn: AsyncConnection,
+    table: sa.Table,
+    keys: list[tuple[int, str]],
+    into: dict[tuple[int, str], int],
+) -> None:
+    by_project: dict[int, list[str]] = {}
+    for project_id, external_id in keys:
+        by_project.setdefault(project_id, []).append(external_id)
+    for project_id, external_ids in by_project.items():
+        for chunk in _chunks(external_ids):
+            rows = await conn.execute(
+                sa.select(table.c.id, table.c.external_id).where(
+                    table.c.project_id == project_id, table.c.external_id.in_(chunk)
+                )
+            )
+            for row_id, external_id in rows:
+                into[(project_id, external_id)] = row_id
+
+
+GROUP_STATE_COLUMNS = (
+    "id",
+    "status",
+    "count",
+    "user_count",
+    "resolved_at",
+    "resolved_in_release",
+    "ignored_at",
+    "ignore_until",
+    "ignore_until_count",
+    "ignore_until_user_count",
+    "ignore_base_count",
+    "ignore_base_user_count",
+    "is_regression",
+)
+
+
+async def _select_groups(
+    conn: AsyncConnection, keys: list[tuple[int, str]], into: dict[tuple[int, str], dict[str, Any]]
+) -> None:
+    by_project: dict[int, list[str]] = {}
+    for project_id, fingerprint in keys:
+        by_project.setdefault(project_id, []).append(fingerprint)
+    columns = [GROUPS.c[name] for name in GROUP_STATE_COLUMNS]
+    for project_id, fingerprints in by_project.items():
+        for chunk in _chunks(sorted(fingerprints)):
+            query = (
+                sa.select(GROUPS.c.fingerprint, *columns)
+                .where(GROUPS.c.project_id == project_id, GROUPS.c.fingerprint.in_(chunk))
+                .order_by(GROUPS.c.id)
+                .with_for_update()
+            )
+            for row in await conn.execute(query):
+                mapping = dict(row._mapping)
+                into[(project_id, mapping.pop("fingerprint"))] = mapping
+
+
+async def _upsert_groups(
+    conn: AsyncConnection,
+    seen: dict[tuple[int, str], _Seen],
+    first_event: dict[tuple[int, str], PreparedEvent],
+) -> tuple[dict[tuple[int, str], dict[str, Any]], set[tuple[int, str]]]:
+    rows: dict[tuple[int, str], dict[str, Any]] = {}
+    if not seen:
+        return rows, set()
+    await _select_groups(conn, list(seen), rows)
+    missing = [key for key in seen if key not in rows]
+    created: set[tuple[int, str]] = set()
+    # New groups start with zero counts: every group then takes the same update.
+    for chunk in _chunks(missing):
+        values = []
+        for key in chunk:
+            prepared = first_event[key]
+            event = prepared.event
+            primary = event.primary_exception
+            releases = seen[key].attrs.get("releases") or []
+            values.append(
+                {
+                    "project_id": key[0],
+                    "fingerprint": key[1],
+                    "grouping_strategy": prepared.grouping.strategy,
+                    "grouping_reason": prepared.grouping.reason[:1000],
+                    "title": prepared.title[:1000],
+                    "culprit": prepared.culprit[:1000] if prepared.culprit else None,
+                    "exception_type": primary.type if primary else None,
+                    "message": primary.value if primary and primary.value else event.message,
+                    "level": event.level.value,
+                    "platform": event.platform,
+                    "status": GroupStatus.UNRESOLVED.value,
+                    "is_regression": False,
+                    "count": 0,
+                    "user_count": 0,
+                    "account_count": 0,
+                    "first_seen": seen[key].first,
+                    "last_seen": seen[key].first,
+                    "first_release": releases[0] if releases else None,
+                    "last_release": None,
+                }
+            )
+        stmt = (
+            _insert_ignoring_conflicts(conn, GROUPS)
+            .values(values)
+            .returning(GROUPS.c.project_id, GROUPS.c.fingerprint)
+        )
+        created.update((project_id, fp) for project_id, fp in await conn.execute(stmt))
+    if missing:
+        # Includes groups another process created between our select and insert.
+        await _select_groups(conn, missing, rows)
+    return rows, created
+
+
+async def _upsert_links(
+    conn: AsyncConnection, table: sa.Table, other: str, seen: dict[tuple[int, int], _Seen]
+) -> dict[int, int]:
+    """Insert or update group↔user (or account) links; returns new links per group."""
+    new_per_group: dict[int, int] = {}
+    if not seen:
+        return new_per_group
+    keys = list(seen)
+    created: set[tuple[int, int]] = set()
+    for chunk in _chunks(keys):
+        stmt = (
+            _insert_ignoring_conflicts(conn, table)
+            .values(
+                [
+                    {
+                        "group_id": group_id,
+                        other: other_id,
+                        "first_seen": seen[(group_id, other_id)].first,
+                        "last_seen": seen[(group_id, other_id)].last,
+                        "event_count": seen[(group_id, other_id)].count,
+                    }
+                    for group_id, other_id in chunk
+                ]
+            )
+            .returning(table.c.group_id, table.c[other])
+        )
+        created.update((group_id, other_id) for group_id, other_id in await conn.execute(stmt))
+    for group_id, _ in created:
+        new_per_group[group_id] = new_per_group.get(group_id, 0) + 1
+    existing = [key for key in keys if key not in created]
+    if existing:
+        await conn.execute(
+            table.update()
+            .where(
+                table.c.group_id == sa.bindparam("b_group"),
+                table.c[other] == sa.bindparam("b_other"),
+            )
+            .values(
+                event_count=table.c.event_count + sa.bindparam("b_count"),
+                last_seen=_later(table.c.last_seen, "b_last"),
+            ),
+            [
+                {
+                    "b_group": group_id,
+                    "b_other": other_id,
+                    "b_count": seen[(group_id, other_id)].count,
+                    "b_last": seen[(group_id, other_id)].last,
+                }
+                for group_id, other_id in existing
+            ],
+        )
+    return new_per_group
+
+
+def _group_updates(
+    group_rows: dict[tuple[int, str], dict[str, Any]],
+    seen: dict[tuple[int, str], _Seen],
+    new_users: dict[int, int],
+    new_accounts: dict[int, int],
+    *,
+    received: datetime,
+) -> tuple[set[int], list[dict[str, Any]]]:
+    """Counter increments and the status each group ends the batch in.
+
+    A resolved group reopens on a new event (a regression) unless it was resolved "in the
+    next release" and the event carries no release or that same release. An ignored group
+    goes back to unresolved when its `until` time has passed or its event or user count
+    has grown by the number it was ignored for.
+    """
+    regressed: set[int] = set()
+    updates = []
+    for key, aggregate in seen.items():
+        row = dict(group_rows[key])
+        group_id = row["id"]
+        releases: list[str] = aggregate.attrs.get("releases") or []
+        status = row["status"]
+        if status == GroupStatus.RESOLVED:
+            pinned = row["resolved_in_release"]
+            if pinned is None or any(release != pinned for release in releases):
+                status = GroupStatus.UNRESOLVED.value
+                row.update(is_regression=True, resolved_at=None, resolved_in_release=None)
+                regressed.add(group_id)
+        elif status == GroupStatus.IGNORED:
+            count = row["count"] + aggregate.count
+            users = row["user_count"] + new_users.get(group_id, 0)
+            until, until_count = row["ignore_until"], row["ignore_until_count"]
+            until_users = row["ignore_until_user_count"]
+            if (
+                (until is not None and received >= until)
+                or (
+                    until_count is not None
+                    and count - (row["ignore_base_count"] or 0) >= until_count
+                )
+                or (
+                    until_users is not None
+                    and users - (row["ignore_base_user_count"] or 0) >= until_users
+                )
+            ):
+                status = GroupStatus.UNRESOLVED.value
+                row.update(
+                    ignored_at=None,
+                    ignore_until=None,
+                    ignore_until_count=None,
+                    ignore_until_user_count=None,
+                    ignore_base_count=None,
+                    ignore_base_user_count=None,
+                )
+        updates.append(
+            {
+                "b_id": group_id,
+                "b_count": aggregate.count,
+                "b_users": new_users.get(group_id, 0),
+                "b_accounts": new_accounts.get(group_id, 0),
+                "b_last": aggregate.last,
+                "b_release": aggregate.attrs.get("release"),
+                "b_status": status,
+                "b_regression": row["is_regression"],
+                "b_resolved_at": row["resolved_at"],
+                "b_resolved_in": row["resolved_in_release"],
+                "b_ignored_at": row["ignored_at"],
+                "b_ignore_until": row["ignore_until"],
+                "b_ignore_count": row["ignore_until_count"],
+                "b_ignore_users": row["ignore_until_user_count"],
+                "b_ignore_base": row["ignore_base_count"],
+                "b_ignore_base_users": row["ignore_base_user_count"],
+            }
+        )
+    return regressed, updates

@@ -1,0 +1,289 @@
+"""Projects, the keys clients send, and the API tokens.
+
+Secrets are random 128-bit values, so a plain SHA-256 is enough to make a leaked
+database useless to an attacker (no dictionary to try) while keeping the lookup on every
+ingest request to one indexed equality. The stored hash is compared again in constant
+time. A secret is shown once, when created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.errors import Forbidden, InvalidInput, InvalidKey, NotFound
+from app.models import ApiToken, Project, ProjectKey, utcnow
+
+KEY_SCOPES = ("ingest", "read", "write")
+TOKEN_SCOPES = ("read", "write", "admin")
+INGEST_KEY_PREFIX = "pk_"
+API_KEY_PREFIX = "sk_"
+TOKEN_PREFIX = "egt_"
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _new_secret(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+def _normalise_scopes(scopes: Iterable[str], allowed: tuple[str, ...], field: str) -> str:
+    chosen = []
+    for scope in scopes:
+        scope = scope.strip().lower()
+        if scope not in allowed:
+            raise InvalidInput(
+                f"unknown scope {scope!r}; expected one of {', '.join(allowed)}", field=field
+            )
+        if scope not in chosen:
+            chosen.append(scope)
+    if not chosen:
+        raise InvalidInput("at least one scope is needed", field=field)
+    return ",".join(sorted(chosen, key=allowed.index))
+
+
+def slugify(name: str) -> str:
+    text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:80] or "project"
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    key: ProjectKey
+    secret: str
+
+
+@dataclass(frozen=True)
+class CreatedToken:
+    token: ApiToken
+    secret: str
+
+
+@dataclass(frozen=True)
+class CreatedProject:
+    project: Project
+    ingest_key: CreatedKey
+    api_key: CreatedKey
+    token: CreatedToken
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a presented project key may do."""
+
+    project: Project
+    key_id: int
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """What a presented API token may do; `project_ids` None means every project."""
+
+    token_id: int
+    scopes: frozenset[str]
+    project_ids: frozenset[int] | None
+
+    def can_see(self, project_id: int) -> bool:
+        return self.project_ids is None or project_id in self.project_ids
+
+
+def _add_key(session: AsyncSession, *, project_id: int, scopes: str, label: str) -> CreatedKey:
+    prefix = INGEST_KEY_PREFIX if scopes == "ingest" else API_KEY_PREFIX
+    secret = _new_secret(prefix)
+    key = ProjectKey(
+        project_id=project_id,
+        label=label,
+        prefix=secret[: len(prefix) + 6],
+        key_hash=hash_secret(secret),
+        scopes=scopes,
+    )
+    session.add(key)
+    return CreatedKey(key=key, secret=secret)
+
+
+def _add_token(
+    session: AsyncSession, *, scopes: str, label: str, project_ids: list[int] | None
+) -> CreatedToken:
+    secret = _new_secret(TOKEN_PREFIX)
+    token = ApiToken(
+        label=label,
+        prefix=secret[: len(TOKEN_PREFIX) + 6],
+        token_hash=hash_secret(secret),
+        scopes=scopes,
+        project_ids=project_ids,
+    )
+    session.add(token)
+    return CreatedToken(token=token, secret=secret)
+
+
+async def create_project(*, sessions: Sessions, name: str) -> CreatedProject:
+    """A project with what a new user needs at once: an ingest key (safe in a browser),
+    a read/write key, and an admin token limited to the project."""
+    name = name.strip()
+    if not name:
+        raise InvalidInput("the project name must not be empty", field="name")
+    if len(name) > 200:
+        raise InvalidInput("the project name is longer than 200 characters", field="name")
+    async with sessions.begin() as session:
+        base = slugify(name)
+        taken = set(
+            (
+                await session.scalars(
+                    select(Project.slug).where(Project.slug.like(f"{base}%"))  # type: ignore[attr-defined]
+                )
+            ).all()
+        )
+        slug, n = base, 2
+        while slug in taken:
+            slug, n = f"{base}-{n}", n + 1
+        project = Project(name=name, slug=slug)
+        session.add(project)
+        await session.flush()
+        assert project.id is not None
+        ingest = _add_key(session, project_id=project.id, scopes="ingest", label="default ingest")
+        api = _add_key(session, project_id=project.id, scopes="read,write", label="default api")
+        token = _add_token(
+            session, scopes="admin,read,write", label=f"{slug} admin", project_ids=[project.id]
+        )
+    return CreatedProject(project=project, ingest_key=ingest, api_key=api, token=token)
+
+
+async def list_projects(
+    *, sessions: Sessions, project_ids: Iterable[int] | None = None
+) -> list[Project]:
+    query = select(Project).order_by(Project.id)
+    if project_ids is not None:
+        query = query.where(Project.id.in_(list(project_ids)))  # type: ignore[union-attr]
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
+
+
+async def project_by_id_or_slug(*, sessions: Sessions, ref: str | int) -> Project:
+    async with sessions() as session:
+        text = str(ref)
+        query = (
+            select(Project).where(Project.id == int(text))
+            if text.isdigit()
+            else select(Project).where(Project.slug == text)
+        )
+        project = (await session.scalars(query)).first()
+    if project is None:
+        raise NotFound(f"no project {ref!r}", field="project")
+    return project
+
+
+async def create_project_key(
+    *, sessions: Sessions, project_id: int, scopes: Iterable[str], label: str = ""
+) -> CreatedKey:
+    chosen = _normalise_scopes(scopes, KEY_SCOPES, "scopes")
+    async with sessions.begin() as session:
+        if await session.get(Project, project_id) is None:
+            raise NotFound(f"no project {project_id}", field="project")
+        created = _add_key(session, project_id=project_id, scopes=chosen, label=label)
+    return created
+
+
+async def list_project_keys(*, sessions: Sessions, project_id: int) -> list[ProjectKey]:
+    async with sessions() as session:
+        query = select(ProjectKey).where(ProjectKey.project_id == project_id)
+        return list((await session.scalars(query.order_by(ProjectKey.id))).all())  # type: ignore[arg-type]
+
+
+async def revoke_project_key(*, sessions: Sessions, key_id: int) -> ProjectKey:
+    async with sessions.begin() as session:
+        key = await session.get(ProjectKey, key_id)
+        if key is None:
+            raise NotFound(f"no key {key_id}", field="id")
+        if key.revoked_at is None:
+            key.revoked_at = utcnow()
+    return key
+
+
+async def create_api_token(
+    *,
+    sessions: Sessions,
+    scopes: Iterable[str],
+    label: str = "",
+    project_ids: list[int] | None = None,
+) -> CreatedToken:
+    chosen = _normalise_scopes(scopes, TOKEN_SCOPES, "scope")
+    async with sessions.begin() as session:
+        for project_id in project_ids or []:
+            if await session.get(Project, project_id) is None:
+                raise NotFound(f"no project {project_id}", field="project")
+        created = _add_token(session, scopes=chosen, label=label, project_ids=project_ids)
+    return created
+
+
+async def grant_for_project_key(
+    *,
+    sessions: Sessions,
+    secret: str | None,
+    scope: str = "ingest",
+    project_id: int | None = None,
+    now: datetime | None = None,
+) -> KeyGrant:
+    """The project a key belongs to, checked for `scope` and, when given, `project_id`.
+
+    Raises InvalidKey for a missing, unknown or revoked key, Forbidden for a key of
+    another project or without the scope.
+    """
+    if not secret:
+        raise InvalidKey("no key given")
+    digest = hash_secret(secret)
+    async with sessions() as session:
+        row = (
+            await session.execute(
+                select(ProjectKey, Project)
+                .join(Project, Project.id == ProjectKey.project_id)  # type: ignore[arg-type]
+                .where(ProjectKey.key_hash == digest)
+            )
+        ).first()
+    if row is None or not hmac.compare_digest(row[0].key_hash, digest):
+        raise InvalidKey("invalid key")
+    key, project = row
+    if key.revoked_at is not None and key.revoked_at <= (now or utcnow()):
+        raise InvalidKey("key revoked")
+    scopes = frozenset(key.scopes.split(","))
+    # A key that may write may also send events; an ingest key may do nothing else.
+    if scope not in scopes and not (scope == "ingest" and "write" in scopes):
+        raise Forbidden(f"this key has no {scope!r} scope")
+    if project_id is not None and project.id != project_id:
+        raise Forbidden("this key belongs to another project")
+    assert key.id is not None
+    return KeyGrant(project=project, key_id=key.id, scopes=scopes)
+
+
+async def grant_for_token(*, sessions: Sessions, secret: str | None) -> TokenGrant:
+    if not secret:
+        raise InvalidKey("no token given")
+    digest = hash_secret(secret)
+    async with sessions() as session:
+        token = (
+            await session.scalars(select(ApiToken).where(ApiToken.token_hash == digest))
+        ).first()
+    if token is None or not hmac.compare_digest(token.token_hash, digest):
+        raise InvalidKey("invalid token")
+    if token.revoked_at is not None:
+        raise InvalidKey("token revoked")
+    assert token.id is not None
+    return TokenGrant(
+        token_id=token.id,
+        scopes=frozenset(token.scopes.split(",")),
+        project_ids=frozenset(token.project_ids) if token.project_ids is not None else None,
+    )

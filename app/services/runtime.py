@@ -1,0 +1,59 @@
+"""What a running server holds for its whole life: settings, database, pub/sub, writer.
+
+Built in the app's lifespan (or by a test) and handed to transports; everything else
+is per call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.config import Settings
+from app.db import Database, create_database, database_ok, upgrade_database
+from app.models import utcnow
+from app.pubsub import PubSub
+from app.services.ingest import BatchWriter, Clock
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    database: Database
+    pubsub: PubSub
+    writer: BatchWriter
+
+    @classmethod
+    async def start(cls, settings: Settings, *, clock: Clock = utcnow) -> Runtime:
+        """Upgrade the database, connect pub/sub, start the batch writer."""
+        database = create_database(settings)
+        try:
+            await upgrade_database(database)
+            pubsub = PubSub(settings.broadcast_url)
+            await pubsub.connect()
+        except BaseException:
+            await database.dispose()
+            raise
+        writer = BatchWriter(
+            database=database,
+            pubsub=pubsub,
+            max_batch=settings.writer_max_batch,
+            max_wait=settings.writer_max_wait_ms / 1000,
+            clock=clock,
+        )
+        await writer.start()
+        return cls(settings=settings, database=database, pubsub=pubsub, writer=writer)
+
+    async def stop(self) -> None:
+        """Finish writing what was accepted before closing anything it needs."""
+        try:
+            await self.writer.stop()
+        finally:
+            await self.pubsub.disconnect()
+            await self.database.dispose()
+
+    async def unready_reason(self) -> str | None:
+        """None when this process can take events, else why not."""
+        reason = await database_ok(self.database)
+        if reason is None and not self.writer.running:
+            reason = "the batch writer is not running"
+        return reason

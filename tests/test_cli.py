@@ -1,0 +1,157 @@
+"""The `errorgraph` command, run as a user runs it: a real process, real settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+from conftest import ERRORGRAPH, cli_env
+
+from app.config import Settings
+
+
+def run(settings: Settings, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ERRORGRAPH, *args],
+        env=cli_env(settings, **env),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_project_create_json_and_list(settings: Settings, tmp_path: Path):
+    created = run(
+        settings,
+        "project",
+        "create",
+        "My Shop",
+        "--json",
+        cwd=tmp_path,
+        ERRORGRAPH_PUBLIC_URL="https://errors.example.com",
+    )
+    assert created.returncode == 0, created.stderr
+    info = json.loads(created.stdout)
+    assert set(info) >= {"id", "slug", "ingest_key", "api_key", "dsn", "token"}
+    assert info["slug"] == "my-shop"
+    assert info["ingest_key"].startswith("pk_")
+    assert info["dsn"] == f"https://{info['ingest_key']}@errors.example.com/{info['id']}"
+
+    again = run(settings, "project", "create", "My Shop", "--json", cwd=tmp_path)
+    assert json.loads(again.stdout)["slug"] == "my-shop-2"
+    assert json.loads(again.stdout)["dsn"].endswith(f"@127.0.0.1:8000/{info['id'] + 1}")
+
+    listed = run(settings, "project", "list", "--json", cwd=tmp_path)
+    assert [p["slug"] for p in json.loads(listed.stdout)] == ["my-shop", "my-shop-2"]
+
+
+def test_project_create_human_output(settings: Settings, tmp_path: Path):
+    created = run(settings, "project", "create", "Demo", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert "Sentry DSN:" in created.stdout
+    assert "Admin API token:" in created.stdout
+    assert "egt_" in created.stdout
+
+
+def test_keys_and_tokens(settings: Settings, tmp_path: Path):
+    run(settings, "project", "create", "Keys", cwd=tmp_path)
+    made = run(
+        settings, "key", "create", "--project", "keys", "--scope", "read", "--json", cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key["scopes"] == ["read"] and key["key"].startswith("sk_")
+
+    listed = json.loads(run(settings, "key", "list", "-p", "keys", "--json", cwd=tmp_path).stdout)
+    assert len(listed) == 3
+    assert all(key["key"] not in json.dumps(row) for row in listed)
+
+    revoked = run(settings, "key", "revoke", str(key["id"]), cwd=tmp_path)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    listed = json.loads(run(settings, "key", "list", "-p", "keys", "--json", cwd=tmp_path).stdout)
+    assert [row["revoked_at"] is not None for row in listed] == [False, False, True]
+
+    token = run(settings, "token", "create", "--scope", "admin", "--json", cwd=tmp_path)
+    assert json.loads(token.stdout)["scopes"] == ["admin"]
+    assert json.loads(token.stdout)["projects"] is None
+
+
+def test_errors_are_one_line(settings: Settings, tmp_path: Path):
+    bad_scope = run(settings, "token", "create", "--scope", "root", cwd=tmp_path)
+    assert bad_scope.returncode == 1
+    assert bad_scope.stderr.strip().count("\n") == 0
+    assert "unknown scope 'root'" in bad_scope.stderr
+    assert "Traceback" not in bad_scope.stderr
+
+    missing = run(settings, "key", "list", "--project", "nope", cwd=tmp_path)
+    assert missing.returncode == 1 and "no project 'nope'" in missing.stderr
+
+    bad_setting = run(settings, "project", "list", cwd=tmp_path, ERRORGRAPH_PORT="eighty")
+    assert bad_setting.returncode == 1
+    assert "ERRORGRAPH_PORT" in bad_setting.stderr
+    assert "Traceback" not in bad_setting.stderr
+
+    bad_db = run(settings, "project", "list", cwd=tmp_path, ERRORGRAPH_DATABASE_URL="mysql://x")
+    assert bad_db.returncode == 1 and "ERRORGRAPH_DATABASE_URL" in bad_db.stderr
+
+    unreachable = run(
+        settings,
+        "project",
+        "list",
+        cwd=tmp_path,
+        ERRORGRAPH_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+    )
+    assert unreachable.returncode == 1
+    assert "cannot open the database" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+
+def test_serve_refuses_memory_pubsub_with_workers(settings: Settings, tmp_path: Path):
+    refused = run(settings, "serve", "--workers", "2", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "ERRORGRAPH_BROADCAST_URL" in refused.stderr
+
+
+def test_default_database_lives_under_data(tmp_path: Path):
+    env = {
+        k: v
+        for k, v in cli_env(Settings(_env_file=None)).items()  # type: ignore[call-arg]
+        if k != "ERRORGRAPH_DATABASE_URL"
+    }
+    created = subprocess.run(
+        [ERRORGRAPH, "project", "create", "x", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "data" / "errorgraph.db").exists()
+
+
+def test_serve_demo_prints_a_working_dsn(live_server, tmp_path: Path):
+    # The live server was started by `errorgraph serve`; a CLI-created project is seen by it.
+    created = subprocess.run(
+        [ERRORGRAPH, "project", "create", "Seen", "--json"],
+        env=live_server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    key = json.loads(created.stdout)["ingest_key"]
+    response = httpx.post(
+        live_server.base_url + "/api/v1/errors",
+        json={
+            "api_key": key,
+            "event_id": "cli-1",
+            "timestamp": "2025-01-15T10:30:00Z",
+            "type": "message",
+            "message": "hello from the CLI test",
+        },
+    )
+    assert response.status_code == 202
