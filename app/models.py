@@ -318,3 +318,62 @@ class RetentionPolicy(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
+
+
+class ClientReport(SQLModel, table=True):
+    """Events an SDK dropped before sending (Sentry client reports), per reason and category."""
+
+    __tablename__ = "client_report"
+    __table_args__ = (sa.Index("ix_client_report_project_time", "project_id", "timestamp"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False)
+    )
+    timestamp: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    reason: str = Field(max_length=100)
+    category: str = Field(max_length=100)
+    quantity: int = Field(default=0)
+
+
+class LogMessage(SQLModel, table=True):
+    """The ErrorStack dialect's short-lived log: the last few messages per key, for an hour."""
+
+    __tablename__ = "log_message"
+    __table_args__ = (sa.Index("ix_log_message_key_created", "project_key_id", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False)
+    )
+    project_key_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project_key.id", ondelete="CASCADE"), nullable=False)
+    )
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    level: str | None = Field(default=None, max_length=16)
+    message: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    data: dict[str, Any] | None = _json()
+
+
+class SourceMap(SQLModel, table=True):
+    """An uploaded source map for one minified file of one release."""
+
+    __tablename__ = "source_map"
+    __table_args__ = (
+        sa.UniqueConstraint("project_id", "release", "url", name="uq_source_map_release_url"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False)
+    )
+    release: str = Field(max_length=200)
+    # The minified file's URL or name, as frames will name it.
+    url: str = Field(max_length=1000)
+    name: str = Field(default="", max_length=1000)
+    content: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    size: int = Field(default=0)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )

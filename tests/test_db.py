@@ -33,6 +33,9 @@ EXPECTED_TABLES = {
     "group_user",
     "group_account",
     "retention_policy",
+    "client_report",
+    "log_message",
+    "source_map",
     "alembic_version",
 }
 

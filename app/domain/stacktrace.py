@@ -275,6 +275,10 @@ def _split_call(rest: str) -> tuple[str | None, str]:
     """
     if not rest.endswith(")"):
         return None, rest
+    opening = rest.rfind("(")
+    if ")" not in rest[opening + 1 : -1]:  # the usual case: nothing nested
+        function = rest[:opening].strip()
+        return (function or None), rest[opening + 1 : -1]
     depth = 0
     for index in range(len(rest) - 1, -1, -1):
         char = rest[index]
@@ -616,11 +620,7 @@ def _parse_python_block(lines: list[str], *, allow_bare: bool) -> list[Exception
         if frame is not None:
             if current is None:  # SyntaxError printed for a script: no traceback header
                 current = _PyException()
-            current.frames.append(
-                _PyFrame(
-                    path=frame["path"], function=frame["func"] or None, lineno=int(frame["line"])
-                )
-            )
+            current.frames.append(_python_frame(frame["path"], frame["func"], int(frame["line"])))
             frame_indent = len(frame["indent"])
             continue
         if not stripped or _PY_REPEATED.match(stripped):
@@ -644,9 +644,21 @@ def _parse_python_block(lines: list[str], *, allow_bare: bool) -> list[Exception
     for exc in done:
         error_type, value = _python_message(exc.message)
         if exc.frames or error_type or value:
-            frames = [frame.build() for frame in exc.frames]
+            frames = _build_frames(exc.frames)
             chain.append(ExceptionIn(type=error_type, value=value, frames=frames))
     return chain
+
+
+def _python_frame(path: str, function: str | None, lineno: int) -> _RawFrame:
+    """Python prints the path as the interpreter knew it, so both names are that path."""
+    return _RawFrame(
+        filename=path,
+        abs_path=path,
+        function=function or None,
+        lineno=lineno,
+        colno=None,
+        in_app=_in_app(path, lineno),
+    )
 
 
 def _python_message(lines: list[str]) -> tuple[str | None, str | None]:

@@ -113,7 +113,8 @@ def test_url_frames_keep_the_path_as_filename_and_the_url_as_abs_path() -> None:
             id="v8-bare-native",
         ),
         pytest.param(
-            "Error: test\n    at Error (native)\n    at s (blob:http%3A//localhost%3A8080/ab:31:29)",
+            "Error: test\n    at Error (native)\n"
+            "    at s (blob:http%3A//localhost%3A8080/ab:31:29)",
             [
                 ("s", "blob:http%3A//localhost%3A8080/ab", 31, 29, True),
                 ("Error", "native", None, None, False),
@@ -148,10 +149,10 @@ def test_url_frames_keep_the_path_as_filename_and_the_url_as_abs_path() -> None:
             id="v8-eval-without-origin",
         ),
         pytest.param(
-            "Error: foo\n    at foo (http://path/to/file.js:4283)\n    at file:///path/to/file.js:878",
+            "Error: foo\n    at foo (http://example.com/js/file.js:4283)\n    at file:///srv/js/file.js:878",
             [
-                (None, "/path/to/file.js", 878, None, True),
-                ("foo", "/path/to/file.js", 4283, None, True),
+                (None, "/srv/js/file.js", 878, None, True),
+                ("foo", "/js/file.js", 4283, None, True),
             ],
             id="v8-no-column",
         ),
@@ -210,14 +211,14 @@ def test_url_frames_keep_the_path_as_filename_and_the_url_as_abs_path() -> None:
             id="firefox-nested-eval-and-console",
         ),
         pytest.param(
-            "http://path/to/file.js:47:22\nfoo@http://path/to/file.js:52:15\n"
+            "http://example.com/js/file.js:47:22\nfoo@http://example.com/js/file.js:52:15\n"
             "eval code\neval@[native code]\n[native code]",
             [
                 (None, "[native code]", None, None, False),
                 ("eval", "[native code]", None, None, False),
                 ("eval code", None, None, None, True),
-                ("foo", "/to/file.js", 52, 15, True),
-                (None, "/to/file.js", 47, 22, True),
+                ("foo", "/js/file.js", 52, 15, True),
+                (None, "/js/file.js", 47, 22, True),
             ],
             id="safari-bare-location-and-eval-code",
         ),
