@@ -155,3 +155,60 @@ def test_serve_demo_prints_a_working_dsn(live_server, tmp_path: Path):
         },
     )
     assert response.status_code == 202
+
+
+def test_serve_demo_prints_dsn_and_keys_that_work(settings: Settings, tmp_path: Path):
+    """The README's first command ends in `errorgraph serve --demo`: what it prints works."""
+    import re
+    import time
+
+    from conftest import free_port
+
+    port = free_port()
+    outputs = []
+    for _ in range(2):  # a second start reuses the project and prints fresh secrets
+        process = subprocess.Popen(
+            [ERRORGRAPH, "serve", "--demo"],
+            env=cli_env(settings, ERRORGRAPH_PORT=str(port)),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            lines = []
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.append(line)
+                if "listening on" in line:
+                    break
+            output = "".join(lines)
+            dsn = re.search(r"Sentry DSN:\s+(\S+)", output)
+            key = re.search(r"Ingest key.*:\s+(pk_\w+)", output)
+            assert dsn and key, output
+            assert dsn.group(1) == f"http://{key.group(1)}@127.0.0.1:{port}/1"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    response = httpx.post(
+                        f"http://127.0.0.1:{port}/api/v1/errors",
+                        json={
+                            "api_key": key.group(1),
+                            "event_id": f"demo-{len(outputs)}",
+                            "timestamp": "2025-01-15T10:30:00Z",
+                            "type": "message",
+                            "message": "hello",
+                        },
+                    )
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "server did not start"
+                    time.sleep(0.1)
+            assert response.status_code == 202
+            outputs.append(key.group(1))
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+            if process.stdout:
+                process.stdout.close()
+    assert outputs[0] != outputs[1]
