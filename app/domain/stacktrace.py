@@ -121,19 +121,19 @@ def _build_frames(frames: list[_RawFrame]) -> list[Frame]:
 # --------------------------------------------------------------------------- detection
 
 _PY_TRACEBACK = re.compile(r"^(?:Exception Group )?Traceback \(most recent call last\):$")
-_PY_MARGIN = re.compile(r"^\s*(?:[|+]\s*)*")
 _PY_FILE_LINE = re.compile(r'^File ".*", line \d+')
 
 _SAFARI_NAMES = frozenset({"global code", "eval code", "module code"})
 
 
 def _detect(lines: list[str]) -> str | None:
+    """One pass: a Python marker anywhere wins, then any V8 frame, then `@` frames."""
     v8_frames = 0
     gecko_frames = 0
     safari_marks = 0
     firefox_marks = 0
     for line in lines:
-        unmarked = line[_PY_MARGIN.match(line).end() :].rstrip()
+        unmarked = line.lstrip(" \t|+").rstrip()  # exception groups draw a "  | " margin
         if _PY_TRACEBACK.match(unmarked) or _PY_FILE_LINE.match(unmarked):
             return PYTHON
         if v8_frames:
@@ -164,6 +164,7 @@ def _is_evidence(frame: _RawFrame) -> bool:
 
 
 def _safari_mark(line: str, frame: _RawFrame) -> int:
+    """1 for what only JavaScriptCore prints."""
     stripped = line.strip()
     if frame.filename == "[native code]" or frame.function in _SAFARI_NAMES:
         return 1
@@ -172,6 +173,7 @@ def _safari_mark(line: str, frame: _RawFrame) -> int:
 
 
 def _firefox_mark(line: str) -> int:
+    """1 for what only SpiderMonkey prints: eval positions, `/<` closures, async causes."""
     stripped = line.strip()
     if _GECKO_EVAL_MARK.search(stripped) or "<@" in stripped:
         return 1
@@ -276,6 +278,8 @@ def _split_call(rest: str) -> tuple[str | None, str]:
     if not rest.endswith(")"):
         return None, rest
     opening = rest.rfind("(")
+    if opening < 0:
+        return None, rest
     if ")" not in rest[opening + 1 : -1]:  # the usual case: nothing nested
         function = rest[:opening].strip()
         return (function or None), rest[opening + 1 : -1]
@@ -293,6 +297,7 @@ def _split_call(rest: str) -> tuple[str | None, str]:
 
 
 def _parse_v8_frame(line: str) -> _RawFrame | None:
+    """One `at ...` line, or None when the line is not a V8 frame with a usable location."""
     stripped = line.strip()
     if stripped.endswith(" {"):  # Node prints the error's own properties after the last frame
         stripped = stripped[:-2].rstrip()
@@ -352,6 +357,12 @@ def _split_at(line: str) -> tuple[str, str] | None:
 
 
 def _parse_gecko_frame(line: str) -> _RawFrame | None:
+    """One SpiderMonkey/JavaScriptCore frame line, or None.
+
+    The name before `@` may not contain spaces (apart from a getter's `get `, an async
+    cause and JavaScriptCore's `global code` kind of names): that is what keeps
+    sentences with an e-mail address in them from passing for frames.
+    """
     stripped = line.strip()
     if not stripped:
         return None
@@ -514,6 +525,7 @@ class _PySection:
 
 
 def _parse_python(lines: list[str]) -> list[ExceptionIn]:
+    """Chains and groups in the order Python prints them: the cause before its effect."""
     top = _python_sections(lines)
     chain: list[ExceptionIn] = []
     for section in top:
@@ -613,8 +625,8 @@ def _parse_python_block(lines: list[str], *, allow_bare: bool) -> list[Exception
             if stripped not in _PY_SEPARATORS:
                 current = _PyException()
             continue
-        if in_message:
-            current.message.append(line)  # type: ignore[union-attr]
+        if in_message and current is not None:
+            current.message.append(line)
             continue
         frame = _PY_FRAME.match(line)
         if frame is not None:
@@ -662,6 +674,7 @@ def _python_frame(path: str, function: str | None, lineno: int) -> _RawFrame:
 
 
 def _python_message(lines: list[str]) -> tuple[str | None, str | None]:
+    """`module.Type: message` over one or more lines; a bare `Type` has no message."""
     if not lines:
         return None, None
     first = lines[0].strip()
