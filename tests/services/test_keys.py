@@ -1,0 +1,75 @@
+"""Keys and tokens: hashed at rest, scoped, revocable."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from app.errors import Forbidden, InvalidKey
+from app.services.keys import (
+    CreatedProject,
+    create_api_token,
+    create_project,
+    grant_for_project_key,
+    grant_for_token,
+    revoke_project_key,
+)
+from app.services.runtime import Runtime
+
+
+async def test_secrets_are_not_stored(runtime: Runtime, project: CreatedProject):
+    secrets = [project.ingest_key.secret, project.api_key.secret, project.token.secret]
+    path = runtime.settings.sqlite_path
+    assert path is not None
+    async with runtime.database.engine.connect() as conn:
+        await conn.execute(text("PRAGMA wal_checkpoint(FULL)"))
+    raw = path.read_bytes()
+    for secret in secrets:
+        assert secret.encode() not in raw
+    # The hash is what is stored, so the key still works.
+    grant = await grant_for_project_key(
+        sessions=runtime.database.sessions, secret=project.ingest_key.secret
+    )
+    assert grant.project.id == project.project.id
+
+
+async def test_scopes_and_projects(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    other = await create_project(sessions=sessions, name="Other")
+    with pytest.raises(Forbidden):
+        await grant_for_project_key(
+            sessions=sessions, secret=project.ingest_key.secret, scope="read"
+        )
+    with pytest.raises(Forbidden):
+        await grant_for_project_key(
+            sessions=sessions,
+            secret=project.api_key.secret,
+            scope="read",
+            project_id=other.project.id,
+        )
+    # A write key may send events too.
+    grant = await grant_for_project_key(sessions=sessions, secret=project.api_key.secret)
+    assert grant.scopes == {"read", "write"}
+
+
+async def test_unknown_and_revoked(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    with pytest.raises(InvalidKey):
+        await grant_for_project_key(sessions=sessions, secret="pk_" + "0" * 32)
+    with pytest.raises(InvalidKey):
+        await grant_for_project_key(sessions=sessions, secret=None)
+    assert project.ingest_key.key.id is not None
+    await revoke_project_key(sessions=sessions, key_id=project.ingest_key.key.id)
+    with pytest.raises(InvalidKey):
+        await grant_for_project_key(sessions=sessions, secret=project.ingest_key.secret)
+
+
+async def test_tokens(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    grant = await grant_for_token(sessions=sessions, secret=project.token.secret)
+    assert grant.project_ids == {project.project.id}
+    assert grant.can_see(project.project.id) and not grant.can_see(999)
+    wide = await create_api_token(sessions=sessions, scopes=["read"])
+    assert (await grant_for_token(sessions=sessions, secret=wide.secret)).project_ids is None
+    with pytest.raises(InvalidKey):
+        await grant_for_token(sessions=sessions, secret="egt_nope")
