@@ -10,8 +10,11 @@ the same code through asyncpg.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -54,7 +57,6 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
         # Take transaction control from the driver so BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -66,6 +68,26 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _enable_wal(path: Path) -> None:
+    """Switch the file to WAL once (the mode is stored in the file).
+
+    Changing the journal mode needs an exclusive lock and SQLite does not wait for it even
+    with a busy timeout, so several processes starting on a new file retry here.
+    """
+    for attempt in range(100):
+        connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+        finally:
+            connection.close()
+        time.sleep(0.05)
+
+
 def create_database(settings: Settings) -> Database:
     """Build the engine for `settings`, creating the SQLite file's folder when needed."""
     kwargs: dict[str, Any] = {}
@@ -73,6 +95,7 @@ def create_database(settings: Settings) -> Database:
         path = settings.sqlite_path
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _enable_wal(path)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True

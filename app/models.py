@@ -377,3 +377,23 @@ class SourceMap(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
+
+
+class ExportRequest(SQLModel, table=True):
+    """A requested export of events, downloadable at `/export/{id}` by a credential that
+    can read what it covers. The rows are read when downloaded, streamed."""
+
+    __tablename__ = "export_request"
+
+    id: str = Field(primary_key=True, max_length=32)
+    # The projects the export covers (the requester's visible projects when none was named).
+    project_ids: list[int] | None = _json()
+    project_id: int | None = Field(default=None)
+    group_id: int | None = Field(default=None)
+    since: datetime | None = _ts(nullable=True)
+    until: datetime | None = _ts(nullable=True)
+    format: str = Field(max_length=8)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+    expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
