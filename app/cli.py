@@ -13,7 +13,6 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import typer
@@ -79,14 +78,6 @@ def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]])
     return asyncio.run(run())
 
 
-def dsn_for(settings: Settings, *, key: str, project_id: int) -> str:
-    """The Sentry DSN: the server's public URL with the key as user and the project id."""
-    base = urlsplit(settings.base_url())
-    netloc = f"{key}@{base.netloc}"
-    path = f"{base.path.rstrip('/')}/{project_id}"
-    return urlunsplit((base.scheme, netloc, path, "", ""))
-
-
 def _created_project_json(settings: Settings, created: CreatedProject) -> dict[str, Any]:
     project = created.project
     assert project.id is not None
@@ -96,7 +87,7 @@ def _created_project_json(settings: Settings, created: CreatedProject) -> dict[s
         "name": project.name,
         "ingest_key": created.ingest_key.secret,
         "api_key": created.api_key.secret,
-        "dsn": dsn_for(settings, key=created.ingest_key.secret, project_id=project.id),
+        "dsn": settings.dsn_for(key=created.ingest_key.secret, project_id=project.id),
         "token": created.token.secret,
     }
 
@@ -190,7 +181,7 @@ def key_create(
             "project_id": project_id,
             "scopes": created.key.scopes.split(","),
             "key": created.secret,
-            "dsn": dsn_for(settings, key=created.secret, project_id=project_id),
+            "dsn": settings.dsn_for(key=created.secret, project_id=project_id),
         }
         if json:
             _emit_json(info)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = None
     log_level: LogLevel = "info"
+    # How long events are kept when no retention policy was set.
+    retention_days: int = Field(default=90, ge=1, le=3650)
+    # GraphiQL in the browser at /graphql; the API itself is always on.
+    graphiql: bool = True
 
     # Limits on what a client may send (bytes unless said otherwise).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -105,6 +109,12 @@ class Settings(BaseSettings):
             return self.public_url
         host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
         return f"http://{host}:{self.port}"
+
+    def dsn_for(self, *, key: str, project_id: int) -> str:
+        """The Sentry DSN: the public URL with the key as user and the project id as path."""
+        base = urlsplit(self.base_url())
+        path = f"{base.path.rstrip('/')}/{project_id}"
+        return urlunsplit((base.scheme, f"{key}@{base.netloc}", path, "", ""))
 
     def logging_level(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level.upper()]

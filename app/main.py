@@ -10,11 +10,15 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
 
 from app.config import Settings, load_settings
-from app.errors import ErrorgraphError
+from app.errors import ErrorgraphError, Forbidden
+from app.graphql.context import bearer_secret
+from app.graphql.schema import graphql_app
+from app.services.exports import export_chunks, export_filter, get_export_request
+from app.services.keys import viewer_for_secret
 from app.services.runtime import Runtime
 from rest_compat import proliferate
 from rest_compat.common import JSONOut, error_response, runtime_of
@@ -28,6 +32,32 @@ async def health(request: Request) -> Response:
     if reason is None:
         return JSONOut({"status": "ok"})
     return JSONOut({"status": "unavailable", "reason": reason}, status_code=503)
+
+
+async def download_export(request: Request) -> Response:
+    """Every row of an export made by the `exportEvents` mutation, streamed; needs a
+    credential that can read what the export covers (`Authorization: Bearer …`)."""
+    runtime = runtime_of(request)
+    sessions = runtime.database.sessions
+    viewer = await viewer_for_secret(sessions=sessions, secret=bearer_secret(request.headers))
+    if not viewer.may("read"):
+        raise Forbidden("this needs the 'read' scope")
+    export = await get_export_request(sessions=sessions, export_id=request.path_params["export_id"])
+    where = export_filter(export, viewer.project_ids)
+    media = "text/csv; charset=utf-8" if export.format == "CSV" else "application/json"
+    extension = "csv" if export.format == "CSV" else "json"
+
+    async def body() -> AsyncIterator[bytes]:
+        async for piece in export_chunks(sessions=sessions, where=where, format=export.format):  # type: ignore[arg-type]
+            yield piece.encode()
+
+    return StreamingResponse(
+        body(),
+        media_type=media,
+        headers={
+            "Content-Disposition": f'attachment; filename="errorgraph-{export.id}.{extension}"'
+        },
+    )
 
 
 async def live(_request: Request) -> Response:
@@ -66,7 +96,11 @@ def create_app(
         finally:
             await runtime.stop()
 
+    graphql = graphql_app(graphiql=settings.graphiql)
     routes = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        Route("/export/{export_id}", download_export, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/health/ready", health, methods=["GET"]),
         Route("/health/live", live, methods=["GET"]),

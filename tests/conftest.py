@@ -7,34 +7,33 @@ unless ERRORGRAPH_REQUIRE_SERVICES=1 (set by `.ci/run`), which turns the skip in
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from support import (  # noqa: F401  (re-exported for older imports)
+    ERRORGRAPH,
+    GQL,
+    T0,
+    AppClient,
+    IngestResult,
+    cli_env,
+    free_port,
+    ingest,
+    make_event,
+    require_or_skip,
+)
 
 from app.config import Settings
 from app.main import create_app
 from app.services.keys import CreatedProject, create_project
 from app.services.runtime import Runtime
-
-ROOT = Path(__file__).resolve().parent.parent
-# The console script installed beside the interpreter running the tests.
-ERRORGRAPH = str(Path(sys.executable).with_name("errorgraph"))
-
-
-def require_or_skip(reason: str) -> None:
-    """Skip with `reason`, or fail when the environment says the service must be there."""
-    if os.environ.get("ERRORGRAPH_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"required service missing: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture
@@ -60,12 +59,6 @@ async def project(runtime: Runtime) -> CreatedProject:
     return await create_project(sessions=runtime.database.sessions, name="Test project")
 
 
-@dataclass
-class AppClient:
-    http: httpx.AsyncClient
-    runtime: Runtime
-
-
 @pytest.fixture
 async def app_client(settings: Settings) -> AsyncIterator[AppClient]:
     app = create_app(settings)
@@ -78,24 +71,6 @@ async def app_client(settings: Settings) -> AsyncIterator[AppClient]:
 @pytest.fixture
 async def app_project(app_client: AppClient) -> CreatedProject:
     return await create_project(sessions=app_client.runtime.database.sessions, name="App project")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ERRORGRAPH_")}
-    env.update(
-        ERRORGRAPH_DATABASE_URL=settings.database_url,
-        ERRORGRAPH_BROADCAST_URL=settings.broadcast_url,
-        ERRORGRAPH_PORT=str(settings.port),
-        ERRORGRAPH_HOST=settings.host,
-    )
-    env.update(extra)
-    return env
 
 
 @dataclass
@@ -145,3 +120,30 @@ def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture
+def gql(app_client: AppClient, app_project: CreatedProject) -> GQL:
+    """A GraphQL client holding the app project's admin token."""
+    return GQL(client=app_client, token=app_project.token.secret)
+
+
+@pytest.fixture
+async def populated(app_client: AppClient, app_project: CreatedProject) -> list[IngestResult]:
+    """Three groups: signature 1 five times (users a,b), 2 twice, 3 once; different times."""
+    events = [
+        make_event(1, at=T0 + timedelta(minutes=i), user="a" if i % 2 else "b", account="acme")
+        for i in range(5)
+    ]
+    events += [
+        make_event(
+            2,
+            at=T0 + timedelta(hours=2, minutes=i),
+            environment="staging",
+            release="2.0",
+            level="warning",
+        )
+        for i in range(2)
+    ]
+    events += [make_event(3, at=T0 - timedelta(days=1), user="c")]
+    return await ingest(app_client, app_project, *events)

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
-from conftest import ERRORGRAPH, cli_env
+from support import ERRORGRAPH, cli_env
 
 from app.config import Settings
 
@@ -162,7 +162,7 @@ def test_serve_demo_prints_dsn_and_keys_that_work(settings: Settings, tmp_path: 
     import re
     import time
 
-    from conftest import free_port
+    from support import free_port
 
     port = free_port()
     outputs = []

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
 from sqlalchemy import inspect, select, text
+from support import require_or_skip
 
 from app.config import Settings
 from app.db import create_database, upgrade_database

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from conftest import AppClient
+from support import AppClient
 
 
 async def test_health_ok(app_client: AppClient):

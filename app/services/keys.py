@@ -287,3 +287,49 @@ async def grant_for_token(*, sessions: Sessions, secret: str | None) -> TokenGra
         scopes=frozenset(token.scopes.split(",")),
         project_ids=frozenset(token.project_ids) if token.project_ids is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is calling the API and what they may do: from an API token, or from a project
+    key with read/write scope (limited to its project). `project_ids` None means all."""
+
+    scopes: frozenset[str]
+    project_ids: frozenset[int] | None
+    token_id: int | None = None
+    key_id: int | None = None
+
+    def can_see(self, project_id: int) -> bool:
+        return self.project_ids is None or project_id in self.project_ids
+
+    def may(self, scope: str) -> bool:
+        """admin implies write, write implies read."""
+        implied = {"read": {"read", "write", "admin"}, "write": {"write", "admin"}}
+        return bool(self.scopes & implied.get(scope, {scope}))
+
+
+async def viewer_for_secret(*, sessions: Sessions, secret: str | None) -> Viewer:
+    """The viewer a bearer secret stands for: API token or read/write project key."""
+    if not secret:
+        raise InvalidKey("no credentials: send Authorization: Bearer <token>")
+    if secret.startswith(TOKEN_PREFIX):
+        grant = await grant_for_token(sessions=sessions, secret=secret)
+        return Viewer(scopes=grant.scopes, project_ids=grant.project_ids, token_id=grant.token_id)
+    try:
+        key = await grant_for_project_key(sessions=sessions, secret=secret, scope="read")
+    except Forbidden:
+        raise Forbidden("an ingest key can only send events; use an API key or token") from None
+    assert key.project.id is not None
+    return Viewer(
+        scopes=key.scopes - {"ingest"},
+        project_ids=frozenset({key.project.id}),
+        key_id=key.key_id,
+    )
+
+
+async def project_key_by_id(*, sessions: Sessions, key_id: int) -> ProjectKey:
+    async with sessions() as session:
+        key = await session.get(ProjectKey, key_id)
+    if key is None:
+        raise NotFound(f"no key {key_id}", field="id")
+    return key

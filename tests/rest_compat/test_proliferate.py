@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ERRORGRAPH
 from sqlalchemy import select
+from support import ERRORGRAPH
 
 from app.models import AffectedUser, Event, Group
 from app.services.keys import CreatedProject, revoke_project_key

@@ -1,0 +1,66 @@
+"""The schema, and the ASGI app that serves it at /graphql.
+
+`schema.graphql` at the top of the repository is this schema exported
+(`strawberry export-schema app.graphql.schema:schema`); a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import strawberry
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from app.services.runtime import Runtime
+
+from .context import Context, Loaders, bearer_secret
+from .errors import ErrorCodes
+from .mutations import Mutation
+from .queries import Query
+
+MAX_DEPTH = 12
+MAX_ALIASES = 30
+MAX_TOKENS = 5000
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    extensions=[
+        partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
+        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        ErrorCodes,
+    ],
+)
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    """Strawberry's ASGI app with our context: the runtime, the caller's secret, loaders."""
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket | None = None
+    ) -> Context:
+        runtime: Runtime = request.app.state.runtime
+        secret = bearer_secret(request.headers)
+        return Context(
+            request=request,
+            response=response if isinstance(response, Response) else None,
+            runtime=runtime,
+            loaders=Loaders.build(runtime.database.sessions),
+            secret=secret,
+        )
+
+
+def graphql_app(*, graphiql: bool) -> GraphQLApp:
+    options: dict[str, Any] = {
+        "graphql_ide": "graphiql" if graphiql else None,
+        "allow_queries_via_get": True,
+        "subscription_protocols": (GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+    }
+    return GraphQLApp(schema, **options)

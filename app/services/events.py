@@ -1,0 +1,133 @@
+"""Reading events: filtered, searched, paged newest first; and by id for dataloaders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import select
+
+from app.errors import NotFound
+from app.models import Event
+from app.services.common import Sessions, dialect_of
+from app.services.pagination import Page, after_clause, build_page, decode_cursor, page_size
+from app.services.search import event_search_clause
+
+ORDER = "EVENTS_NEWEST"
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a list shows. `visible` is what the caller may see (None: all)."""
+
+    visible: frozenset[int] | None = None
+    project_id: int | None = None
+    group_id: int | None = None
+    level: str | None = None
+    environment: str | None = None
+    release: str | None = None
+    user_id: int | None = None
+    account_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    search: str | None = None
+
+
+def event_conditions(sessions: Sessions, where: EventFilter) -> list[Any]:
+    conditions: list[Any] = []
+    if where.visible is not None:
+        conditions.append(Event.project_id.in_(sorted(where.visible)))  # type: ignore[attr-defined]
+    pairs = [
+        (where.project_id, Event.project_id),
+        (where.group_id, Event.group_id),
+        (where.level, Event.level),
+        (where.environment, Event.environment),
+        (where.release, Event.release),
+        (where.user_id, Event.affected_user_id),
+        (where.account_id, Event.account_id),
+    ]
+    conditions.extend(column == value for value, column in pairs if value is not None)
+    if where.since is not None:
+        conditions.append(Event.timestamp >= where.since)
+    if where.until is not None:
+        conditions.append(Event.timestamp < where.until)
+    if where.search:
+        clause = event_search_clause(dialect_of(sessions), where.search)
+        if clause is not None:
+            conditions.append(clause)
+    return conditions
+
+
+async def list_events(
+    *,
+    sessions: Sessions,
+    where: EventFilter,
+    first: int | None = None,
+    after: str | None = None,
+) -> Page[Event]:
+    size = page_size(first)
+    query = select(Event).where(*event_conditions(sessions, where))
+    if after:
+        value, row_id = decode_cursor(after, ORDER)
+        query = query.where(after_clause(Event.timestamp, Event.id, value, row_id))
+    query = query.order_by(Event.timestamp.desc(), Event.id.desc()).limit(size + 1)  # type: ignore[attr-defined, union-attr]
+    async with sessions() as session:
+        rows = (await session.scalars(query)).all()
+    return build_page(rows, size=size, order=ORDER, key=lambda e: (e.timestamp, e.id))
+
+
+async def count_events(*, sessions: Sessions, where: EventFilter) -> int:
+    query = select(sa.func.count()).select_from(Event).where(*event_conditions(sessions, where))
+    async with sessions() as session:
+        return int(await session.scalar(query) or 0)
+
+
+async def events_by_ids(*, sessions: Sessions, ids: Sequence[int]) -> dict[int, Event]:
+    if not ids:
+        return {}
+    async with sessions() as session:
+        rows = await session.scalars(select(Event).where(Event.id.in_(list(ids))))  # type: ignore[union-attr]
+        return {event.id: event for event in rows if event.id is not None}
+
+
+async def latest_events_by_group(
+    *, sessions: Sessions, group_ids: Sequence[int]
+) -> dict[int, Event]:
+    """The most recently received event of each group, in one query."""
+    if not group_ids:
+        return {}
+    newest = (
+        select(sa.func.max(Event.id))
+        .where(Event.group_id.in_(list(group_ids)))  # type: ignore[attr-defined]
+        .group_by(Event.group_id)
+    )
+    async with sessions() as session:
+        rows = await session.scalars(select(Event).where(Event.id.in_(newest)))  # type: ignore[union-attr]
+        return {event.group_id: event for event in rows}
+
+
+async def event_by_ref(*, sessions: Sessions, ref: str, visible: frozenset[int] | None) -> Event:
+    """An event by our id or by the client's event_id (hex with or without dashes)."""
+    ref = ref.strip()
+    conditions: list[Any] = []
+    if visible is not None:
+        conditions.append(Event.project_id.in_(sorted(visible)))  # type: ignore[attr-defined]
+    candidates = [ref]
+    if "-" in ref:
+        candidates.append(ref.replace("-", ""))
+    clauses = [Event.event_id.in_(candidates)]  # type: ignore[attr-defined]
+    if ref.isdigit() and len(ref) < 19:
+        clauses.append(Event.id == int(ref))
+    query = select(Event).where(sa.or_(*clauses), *conditions).order_by(Event.id).limit(2)
+    async with sessions() as session:
+        rows = (await session.scalars(query)).all()
+    if not rows:
+        raise NotFound(f"no event {ref!r}", field="id")
+    # Our id wins over a client event_id that happens to be the same digits.
+    for row in rows:
+        if str(row.id) == ref:
+            return row
+    return rows[0]

@@ -1,0 +1,144 @@
+"""Helpers shared by tests: the console script, environments for it, free ports, the
+GraphQL client, and event factories. Fixtures live in conftest.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.config import Settings
+from app.domain.event import AccountIn, EventIn, EventType, ExceptionIn, Frame, UserIn
+from app.services.ingest import IngestResult, ingest_events
+from app.services.keys import CreatedProject
+from app.services.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+# The console script installed beside the interpreter running the tests.
+ERRORGRAPH = str(Path(sys.executable).with_name("errorgraph"))
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def require_or_skip(reason: str) -> None:
+    """Skip with `reason`, or fail when the environment says the service must be there."""
+    if os.environ.get("ERRORGRAPH_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"required service missing: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ERRORGRAPH_")}
+    env.update(
+        ERRORGRAPH_DATABASE_URL=settings.database_url,
+        ERRORGRAPH_BROADCAST_URL=settings.broadcast_url,
+        ERRORGRAPH_PORT=str(settings.port),
+        ERRORGRAPH_HOST=settings.host,
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class AppClient:
+    http: httpx.AsyncClient
+    runtime: Runtime
+
+
+@dataclass
+class GQL:
+    client: AppClient
+    token: str | None
+
+    async def raw(self, query: str, variables: dict[str, Any] | None = None, token: Any = ...):
+        token = self.token if token is ... else token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return await self.client.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+
+    async def __call__(
+        self, query: str, variables: dict[str, Any] | None = None, token: Any = ...
+    ) -> dict[str, Any]:
+        response = await self.raw(query, variables, token)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert not body.get("errors"), body["errors"]
+        return body["data"]
+
+    async def error(
+        self, query: str, variables: dict[str, Any] | None = None, token: Any = ...
+    ) -> dict[str, Any]:
+        response = await self.raw(query, variables, token)
+        body = response.json()
+        assert body.get("errors"), body
+        return body["errors"][0]
+
+
+def make_event(
+    signature: int,
+    *,
+    at: datetime = T0,
+    user: str | None = None,
+    account: str | None = None,
+    environment: str = "production",
+    release: str = "1.0",
+    level: str = "error",
+    message: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> EventIn:
+    if message is not None:
+        return EventIn(
+            type=EventType.MESSAGE,
+            message=message,
+            timestamp=at,
+            environment=environment,
+            release=release,
+            level=level,
+            tags=tags or {},
+        )
+    frames = [
+        Frame(
+            filename="shop/cart.py",
+            function=f"checkout{signature}",
+            lineno=10,
+            in_app=True,
+            context_line="total = price / qty",
+        ),
+        Frame(filename="shop/lib.py", function="helper", lineno=3, in_app=False),
+    ]
+    return EventIn(
+        timestamp=at,
+        exceptions=[
+            ExceptionIn(
+                type=f"Error{signature}", value=f"failure number {signature}", frames=frames
+            )
+        ],
+        user=UserIn(id=user, email=f"{user}@example.com") if user else None,
+        account=AccountIn(id=account, name=f"{account} Inc") if account else None,
+        environment=environment,
+        release=release,
+        level=level,
+        tags=tags or {"browser": "Firefox"},
+        breadcrumbs=[{"category": "click", "message": "button#pay"}],
+    )
+
+
+async def ingest(
+    app_client: AppClient, project: CreatedProject, *events: EventIn
+) -> list[IngestResult]:
+    return await ingest_events(
+        writer=app_client.runtime.writer, project=project.project, events=list(events)
+    )
