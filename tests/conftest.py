@@ -7,8 +7,10 @@ unless ERRORGRAPH_REQUIRE_SERVICES=1 (set by `.ci/run`), which turns the skip in
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from support import (  # noqa: F401  (re-exported for older imports)
+from support import (
     ERRORGRAPH,
     GQL,
     T0,
@@ -34,6 +36,28 @@ from app.config import Settings
 from app.main import create_app
 from app.services.keys import CreatedProject, create_project
 from app.services.runtime import Runtime
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh database on the server named by ERRORGRAPH_TEST_POSTGRES_URL, dropped after."""
+    url = os.environ.get("ERRORGRAPH_TEST_POSTGRES_URL")
+    if not url:
+        require_or_skip("ERRORGRAPH_TEST_POSTGRES_URL is not set (no PostgreSQL server)")
+    import asyncpg
+
+    dsn = str(url).replace("postgresql+asyncpg://", "postgresql://")
+    name = "errorgraph_test_" + uuid.uuid4().hex[:12]
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base = dsn.rpartition("/")[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin = await asyncpg.connect(dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 @pytest.fixture

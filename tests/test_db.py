@@ -4,14 +4,10 @@ real PostgreSQL server (ERRORGRAPH_TEST_POSTGRES_URL)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select, text
-from support import require_or_skip
 
 from app.config import Settings
 from app.db import create_database, upgrade_database
@@ -78,25 +74,8 @@ async def test_two_processes_worth_of_starts_upgrade_once(settings: Settings):
 
 
 @pytest.fixture
-async def postgres_settings() -> AsyncIterator[Settings]:
-    """A fresh database on the PostgreSQL server named by ERRORGRAPH_TEST_POSTGRES_URL."""
-    url = os.environ.get("ERRORGRAPH_TEST_POSTGRES_URL")
-    if not url:
-        require_or_skip("ERRORGRAPH_TEST_POSTGRES_URL is not set (no PostgreSQL server)")
-    import asyncpg
-
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-    name = "errorgraph_test_" + uuid.uuid4().hex[:12]
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    base, _, _ = dsn.rpartition("/")
-    try:
-        yield Settings(database_url=f"{base}/{name}", _env_file=None)  # type: ignore[call-arg]
-    finally:
-        admin = await asyncpg.connect(dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+def postgres_settings(postgres_url: str) -> Settings:
+    return Settings(database_url=postgres_url, _env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.mark.postgres

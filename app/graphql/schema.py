@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 import strawberry
+from graphql.error import GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
@@ -17,6 +18,7 @@ from strawberry.asgi import GraphQL
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from app.errors import ErrorgraphError
 from app.services.runtime import Runtime
 
 from .context import Context, Loaders, bearer_secret
@@ -28,7 +30,21 @@ MAX_DEPTH = 12
 MAX_ALIASES = 30
 MAX_TOKENS = 5000
 
-schema = strawberry.Schema(
+
+class Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Log only what is not the caller's doing; ErrorCodes logs those with a trace."""
+        for error in errors:
+            if error.extensions and error.extensions.get("code") == "INTERNAL_SERVER_ERROR":
+                continue
+            if isinstance(error.original_error, ErrorgraphError):
+                continue
+            if error.original_error is None:
+                continue
+            super().process_errors([error], execution_context)
+
+
+schema = Schema(
     query=Query,
     mutation=Mutation,
     extensions=[

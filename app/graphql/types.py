@@ -425,18 +425,23 @@ class GroupType:
     ) -> Connection[EventType]:
         return await events_connection(info, EventFilter(group_id=int(self.id)), first, after)
 
-    @strawberry.field(description="Events per hour or day since `since`, empty buckets included.")
+    @strawberry.field(
+        description="Events per hour or day from `since` to `until` (default now), "
+        "empty buckets included."
+    )
     async def histogram(
         self,
         info: Info,
         interval: IntervalEnum = IntervalEnum.HOUR,
         since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[BucketType]:
         buckets = await issue_service.group_histogram(
             sessions=info.context.sessions,
             group_id=int(self.id),
             interval=interval.value,
             since=since,
+            until=until,
         )
         return [BucketType(start=start, count=count) for start, count in buckets]
 

@@ -276,15 +276,18 @@ async def group_histogram(
     group_id: int,
     interval: Interval = "HOUR",
     since: datetime | None = None,
-    now: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[tuple[datetime, int]]:
-    """Event counts per hour or day from `since` (default: a day or a month back) to now,
-    with empty buckets included so a chart needs no gap filling."""
-    now = now or utcnow()
+    """Event counts per hour or day from `since` (default: a day or a month before
+    `until`) to `until` (default: now), with empty buckets included so a chart needs no
+    gap filling."""
+    now = until or utcnow()
     step = timedelta(hours=1) if interval == "HOUR" else timedelta(days=1)
     if since is None:
         since = now - (timedelta(hours=24) if interval == "HOUR" else timedelta(days=30))
     start = _bucket_start(since, interval)
+    if start > now:
+        raise InvalidInput("since must be before until", field="since")
     if (now - start) / step > MAX_BUCKETS:
         raise InvalidInput(f"at most {MAX_BUCKETS} buckets; choose a later since", field="since")
     if dialect_of(sessions) == "postgresql":
@@ -295,7 +298,7 @@ async def group_histogram(
         bucket = sa.func.strftime(pattern, Event.timestamp)
     query = (
         select(bucket.label("bucket"), sa.func.count())
-        .where(Event.group_id == group_id, Event.timestamp >= start)
+        .where(Event.group_id == group_id, Event.timestamp >= start, Event.timestamp <= now)
         .group_by("bucket")
     )
     async with sessions() as session:

@@ -20,7 +20,10 @@ MAX_WORDS = 16
 _PG_DOCUMENT = (
     "to_tsvector('simple', coalesce(event.exception_type, '') || ' ' || "
     "coalesce(event.exception_value, '') || ' ' || coalesce(event.message, '') || ' ' || "
-    "coalesce(event.raw_stacktrace, ''))"
+    "coalesce(event.raw_stacktrace, "
+    "jsonb_path_query_array(event.exceptions, '$[*].frames[*].function')::text || ' ' || "
+    "jsonb_path_query_array(event.exceptions, '$[*].frames[*].module')::text || ' ' || "
+    "jsonb_path_query_array(event.exceptions, '$[*].frames[*].filename')::text, ''))"
 )
 
 

@@ -1,7 +1,8 @@
 """Full-text search over events, and export requests.
 
-SQLite: an FTS5 table over the event's exception type and value, message and stack text,
-kept in step by triggers (external content, so the text is not stored twice).
+SQLite: a contentless FTS5 table over the event's exception type and value, message and
+stack (the raw stack text, or the parsed frames when the client sent structured frames),
+kept in step by triggers; the text is not stored twice.
 PostgreSQL: a GIN index on the same text as a `simple` tsvector; queries must use the
 exact expression of `app.services.search` for the index to apply.
 
@@ -24,8 +25,22 @@ depends_on: str | Sequence[str] | None = None
 
 PG_SEARCH_EXPRESSION = (
     "to_tsvector('simple', coalesce(exception_type, '') || ' ' || coalesce(exception_value, '')"
-    " || ' ' || coalesce(message, '') || ' ' || coalesce(raw_stacktrace, ''))"
+    " || ' ' || coalesce(message, '') || ' ' || coalesce(raw_stacktrace, "
+    "jsonb_path_query_array(exceptions, '$[*].frames[*].function')::text || ' ' || "
+    "jsonb_path_query_array(exceptions, '$[*].frames[*].module')::text || ' ' || "
+    "jsonb_path_query_array(exceptions, '$[*].frames[*].filename')::text, ''))"
 )
+
+
+def _sqlite_stack(row: str) -> str:
+    """The stack text SQLite indexes: the raw text, else the frames' names and files."""
+    return (
+        f"coalesce({row}.raw_stacktrace, (SELECT group_concat("
+        "coalesce(json_extract(f.value, '$.function'), '') || ' ' || "
+        "coalesce(json_extract(f.value, '$.module'), '') || ' ' || "
+        "coalesce(json_extract(f.value, '$.filename'), ''), ' ') "
+        f"FROM json_each({row}.exceptions) AS e, json_each(e.value, '$.frames') AS f))"
+    )
 
 
 def upgrade() -> None:
@@ -47,22 +62,26 @@ def upgrade() -> None:
         return
     op.execute(
         "CREATE VIRTUAL TABLE event_fts USING fts5("
-        "exception_type, exception_value, message, raw_stacktrace, "
-        "content='event', content_rowid='id', tokenize='unicode61')"
+        "exception_type, exception_value, message, stack, content='', tokenize='unicode61')"
     )
     op.execute(
         "CREATE TRIGGER event_fts_insert AFTER INSERT ON event BEGIN "
-        "INSERT INTO event_fts(rowid, exception_type, exception_value, message, raw_stacktrace) "
+        "INSERT INTO event_fts(rowid, exception_type, exception_value, message, stack) "
         "VALUES (new.id, new.exception_type, new.exception_value, new.message, "
-        "new.raw_stacktrace); END"
+        f"{_sqlite_stack('new')}); END"
     )
+    # A contentless table forgets a row only when given the values it indexed.
     op.execute(
         "CREATE TRIGGER event_fts_delete AFTER DELETE ON event BEGIN "
         "INSERT INTO event_fts(event_fts, rowid, exception_type, exception_value, message, "
-        "raw_stacktrace) VALUES ('delete', old.id, old.exception_type, old.exception_value, "
-        "old.message, old.raw_stacktrace); END"
+        "stack) VALUES ('delete', old.id, old.exception_type, old.exception_value, "
+        f"old.message, {_sqlite_stack('old')}); END"
     )
-    op.execute("INSERT INTO event_fts(event_fts) VALUES ('rebuild')")
+    op.execute(
+        "INSERT INTO event_fts(rowid, exception_type, exception_value, message, stack) "
+        "SELECT id, exception_type, exception_value, message, "
+        f"{_sqlite_stack('event')} FROM event"
+    )
 
 
 def downgrade() -> None:
