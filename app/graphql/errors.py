@@ -54,14 +54,12 @@ class ErrorCodes(MaskErrors):
 
     def _coded(self, error: GraphQLError) -> GraphQLError:
         original = error.original_error
-        if original is None:
+        if original is None or isinstance(original, GraphQLError):
             # Parse, validation and variable errors: the request itself is wrong.
             code = "GRAPHQL_VALIDATION_FAILED"
-            if "Variable" in error.message or "got invalid value" in error.message:
+            if error.message.startswith("Variable '$"):
                 code = "BAD_USER_INPUT"
             return self._with(error, error.message, {"code": code})
-        if isinstance(original, GraphQLError):
-            return self._coded(original)
         if isinstance(original, ErrorgraphError):
             extensions: dict[str, object] = {"code": code_for(original)}
             if original.field:
