@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     retention_days: int = Field(default=90, ge=1, le=3650)
     # GraphiQL in the browser at /graphql; the API itself is always on.
     graphiql: bool = True
+    # WebSocket subscriptions: the legacy `graphql-ws` protocol beside
+    # `graphql-transport-ws`, seconds to wait for connection_init, operations per socket.
+    graphql_ws_legacy: bool = False
+    ws_connection_init_timeout: float = Field(default=10.0, gt=0, le=600)
+    ws_max_subscriptions: int = Field(default=20, ge=1, le=1000)
+    # Messages a slow subscriber may fall behind before its oldest are dropped.
+    subscriber_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
 
     # Limits on what a client may send (bytes unless said otherwise).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)

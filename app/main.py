@@ -96,7 +96,7 @@ def create_app(
         finally:
             await runtime.stop()
 
-    graphql = graphql_app(graphiql=settings.graphiql)
+    graphql = graphql_app(settings)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),

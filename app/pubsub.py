@@ -1,18 +1,38 @@
-"""Publishing what ingest and state changes committed, through `broadcaster`.
+"""Publishing what ingest and state changes committed, and fanning it out to this
+process's subscribers, through `broadcaster` (memory, Redis or PostgreSQL).
 
 Messages carry ids, never payloads: a subscriber reads fresh data in its own short
-session, and PostgreSQL's NOTIFY (one of broadcaster's backends) caps payloads at 8000
-bytes. Channel names are the contract between publishers and subscribers.
+session, and PostgreSQL's NOTIFY caps payloads at 8000 bytes.
+
+One broadcaster subscription per channel serves every local subscriber. Each local
+subscriber has a bounded queue that drops its oldest message when full and counts the
+drop, so a slow WebSocket client never slows ingest or the other subscribers.
+
+The connection to the broker is supervised. broadcaster does not reconnect by itself, and
+its PostgreSQL backend does not even notice a lost connection, so besides watching its
+listener task we send ourselves a heartbeat: when none has come back in time, the
+broker is taken as gone, and we reconnect with backoff and subscribe again. Local
+subscribers stay registered across a reconnect, so they are resumed; what was published
+while the broker was away is lost to them (they catch up with a query, see the README).
+Publishing while the broker is away fails fast and is logged by the caller: ingest goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import orjson
 from broadcaster import Broadcast
+
+log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "errorgraph."
 GROUP_CREATED = CHANNEL_PREFIX + "group.created"
@@ -38,33 +58,213 @@ class GroupUpdatedMessage(TypedDict):
     kind: str  # NEW_EVENT | STATUS | REGRESSION | DELETED | MERGED
 
 
+class BrokerUnavailable(Exception):
+    """The pub/sub broker cannot be reached right now."""
+
+
+@dataclass
+class PubSubStats:
+    """Counters for metrics: what was delivered, dropped for slow consumers, reconnects."""
+
+    published: int = 0
+    publish_failures: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    subscribers: int = 0
+    connected: bool = False
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One local subscriber's bounded queue of (channel, message)."""
+
+    channels: frozenset[str]
+    limit: int
+    stats: PubSubStats
+    queue: deque[tuple[str, dict[str, Any]]] = field(default_factory=deque)
+    dropped: int = 0
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, channel: str, message: dict[str, Any]) -> None:
+        if len(self.queue) >= self.limit:
+            self.queue.popleft()
+            self.dropped += 1
+            self.stats.dropped += 1
+        self.queue.append((channel, message))
+        self._ready.set()
+
+    async def get(self) -> tuple[str, dict[str, Any]]:
+        while not self.queue:
+            self._ready.clear()
+            await self._ready.wait()
+        return self.queue.popleft()
+
+
 class PubSub:
-    """A connected broadcaster and the encoding of our messages."""
+    """A supervised broadcaster connection and this process's subscribers."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int = 1000,
+        heartbeat_interval: float = 2.0,
+        heartbeat_timeout: float = 6.0,
+        reconnect_delay: float = 0.5,
+        max_reconnect_delay: float = 10.0,
+    ) -> None:
         self.url = url
-        self._broadcast = Broadcast(url)
-        self._connected = False
+        self.queue_size = queue_size
+        self.stats = PubSubStats()
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self._reconnect_delay = reconnect_delay
+        self._max_reconnect_delay = max_reconnect_delay
+        self._heartbeat_channel = f"{CHANNEL_PREFIX}heartbeat.{uuid.uuid4().hex}"
+        self._subscriptions: set[Subscription] = set()
+        self._broadcast: Broadcast | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._last_heartbeat = 0.0
 
-    async def connect(self) -> None:
-        await self._broadcast.connect()
-        self._connected = True
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self, *, wait: float = 10.0) -> None:
+        """Start the supervisor and wait (up to `wait` seconds) for the first connection.
+
+        A broker that is down at start does not stop the server: ingest does not need it,
+        and the supervisor keeps trying.
+        """
+        self._supervisor = asyncio.create_task(self._supervise(), name="errorgraph-pubsub")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connected.wait()), wait)
+        except TimeoutError:
+            log.warning("starting without pub/sub: %s does not answer yet", self.url)
 
     async def disconnect(self) -> None:
-        if self._connected:
-            self._connected = False
-            await self._broadcast.disconnect()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
 
     async def publish(self, channel: str, message: Any) -> None:
-        await self._broadcast.publish(channel=channel, message=orjson.dumps(message).decode())
+        broadcast = self._broadcast
+        if broadcast is None or not self.connected:
+            self.stats.publish_failures += 1
+            raise BrokerUnavailable("the pub/sub broker is not connected")
+        try:
+            await broadcast.publish(channel=channel, message=orjson.dumps(message).decode())
+        except Exception as exc:
+            self.stats.publish_failures += 1
+            raise BrokerUnavailable(f"publishing failed: {exc}") from exc
+        self.stats.published += 1
 
     @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Yield an iterator of decoded messages; unsubscribes when the block ends."""
-        async with self._broadcast.subscribe(channel=channel) as subscriber:
+    async def subscribe(self, channels: Iterable[str] | str) -> AsyncIterator[Subscription]:
+        """A local subscription to `channels`, removed when the block ends."""
+        names = frozenset([channels] if isinstance(channels, str) else channels)
+        unknown = names - set(CHANNELS)
+        if unknown:
+            raise ValueError(f"unknown channels: {sorted(unknown)}")
+        subscription = Subscription(channels=names, limit=self.queue_size, stats=self.stats)
+        self._subscriptions.add(subscription)
+        self.stats.subscribers = len(self._subscriptions)
+        try:
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+            self.stats.subscribers = len(self._subscriptions)
 
-            async def messages() -> AsyncIterator[dict[str, Any]]:
-                async for event in subscriber:  # type: ignore[union-attr]
-                    yield orjson.loads(event.message)
+    def _dispatch(self, channel: str, raw: str) -> None:
+        if channel == self._heartbeat_channel:
+            self._last_heartbeat = asyncio.get_running_loop().time()
+            return
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("ignoring a message that is not JSON on %s", channel)
+            return
+        for subscription in list(self._subscriptions):
+            if channel in subscription.channels:
+                subscription.put(channel, message)
+                self.stats.delivered += 1
 
-            yield messages()
+    async def _read(self, broadcast: Broadcast, channel: str, ready: asyncio.Event) -> None:
+        async with broadcast.subscribe(channel=channel) as subscriber:
+            ready.set()
+            async for event in subscriber:  # type: ignore[union-attr]
+                if event is not None:
+                    self._dispatch(event.channel, event.message)
+
+    async def _heartbeat(self, broadcast: Broadcast) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_heartbeat = loop.time()
+        while True:
+            await broadcast.publish(channel=self._heartbeat_channel, message="{}")
+            await asyncio.sleep(self._heartbeat_interval)
+            if loop.time() - self._last_heartbeat > self._heartbeat_timeout:
+                raise BrokerUnavailable("no heartbeat came back from the pub/sub broker")
+
+    async def _session(self, broadcast: Broadcast) -> None:
+        """Run one connection until something about it fails."""
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            readies = []
+            for channel in (*CHANNELS, self._heartbeat_channel):
+                ready = asyncio.Event()
+                readies.append(ready)
+                tasks.append(asyncio.create_task(self._read(broadcast, channel, ready)))
+            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 10)
+            tasks.append(asyncio.create_task(self._heartbeat(broadcast)))
+            # broadcaster's own listener dies when the connection does (Redis).
+            listener = getattr(broadcast, "_listener_task", None)
+            if isinstance(listener, asyncio.Task):
+                tasks.append(listener)
+            self._connected.set()
+            self.stats.connected = True
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise BrokerUnavailable(str(task.exception())) from task.exception()
+            raise BrokerUnavailable("the pub/sub connection ended")
+        finally:
+            self._connected.clear()
+            self.stats.connected = False
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _supervise(self) -> None:
+        delay = self._reconnect_delay
+        first = True
+        while True:
+            broadcast = Broadcast(self.url)
+            try:
+                await broadcast.connect()
+                self._broadcast = broadcast
+                if not first:
+                    self.stats.reconnects += 1
+                    log.warning("pub/sub reconnected to %s", self.url)
+                delay = self._reconnect_delay
+                first = False
+                await self._session(broadcast)
+            except asyncio.CancelledError:
+                await _quietly_disconnect(broadcast)
+                raise
+            except Exception as exc:
+                log.warning("pub/sub connection lost (%s); retrying in %.1fs", exc, delay)
+            self._broadcast = None
+            await _quietly_disconnect(broadcast)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._max_reconnect_delay)
+
+
+async def _quietly_disconnect(broadcast: Broadcast) -> None:
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(broadcast.disconnect(), 5)

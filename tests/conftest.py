@@ -106,14 +106,22 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+def live_env() -> dict[str, str]:
+    """Extra environment for `live_server`; override in a module to change its settings."""
+    return {}
+
+
+@pytest.fixture
+def live_server(
+    settings: Settings, tmp_path: Path, live_env: dict[str, str]
+) -> Iterator[LiveServer]:
     """errorgraph under a real uvicorn process on 127.0.0.1, started the way the README does."""
     port = free_port()
     live_settings = settings.model_copy(update={"port": port})
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
         [ERRORGRAPH, "serve"],
-        env=cli_env(live_settings),
+        env=cli_env(live_settings, **live_env),
         cwd=tmp_path,
         stdout=log,
         stderr=subprocess.STDOUT,

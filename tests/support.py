@@ -3,6 +3,7 @@ GraphQL client, and event factories. Fixtures live in conftest.py."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from app.config import Settings
@@ -142,3 +144,74 @@ async def ingest(
     return await ingest_events(
         writer=app_client.runtime.writer, project=project.project, events=list(events)
     )
+
+
+class WSClient:
+    """A bare graphql-transport-ws client, for what a library client hides: close codes,
+    a consumer that stops reading, exact message order."""
+
+    def __init__(self, socket: Any) -> None:
+        self.socket = socket
+
+    @classmethod
+    async def open(
+        cls,
+        base_url: str,
+        token: str | None,
+        *,
+        init: bool = True,
+        protocol: str = "graphql-transport-ws",
+    ) -> WSClient:
+        from websockets.asyncio.client import connect
+
+        socket = await connect(
+            base_url.replace("http", "ws", 1) + "/graphql", subprotocols=[protocol]
+        )  # type: ignore[list-item]
+        client = cls(socket)
+        if init:
+            payload = {"Authorization": f"Bearer {token}"} if token else {}
+            await client.send({"type": "connection_init", "payload": payload})
+        return client
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.socket.send(orjson.dumps(message).decode())
+
+    async def receive(self, timeout: float = 10) -> dict[str, Any]:
+        return orjson.loads(await asyncio.wait_for(self.socket.recv(), timeout))
+
+    async def acked(self) -> WSClient:
+        message = await self.receive()
+        assert message["type"] == "connection_ack", message
+        return self
+
+    async def subscribe(
+        self, op_id: str, query: str, variables: dict[str, Any] | None = None
+    ) -> None:
+        await self.send(
+            {
+                "id": op_id,
+                "type": "subscribe",
+                "payload": {"query": query, "variables": variables or {}},
+            }
+        )
+
+    async def next(self, timeout: float = 10) -> dict[str, Any]:
+        """The next `next` message's payload (skipping pings)."""
+        while True:
+            message = await self.receive(timeout)
+            if message["type"] == "ping":
+                await self.send({"type": "pong"})
+                continue
+            return message
+
+    async def close_code(self, timeout: float = 10) -> int | None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                await asyncio.wait_for(self.socket.recv(), timeout)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+
+    async def close(self) -> None:
+        await self.socket.close()

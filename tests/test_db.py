@@ -134,6 +134,15 @@ async def test_postgres_migrate_and_ingest(postgres_settings: Settings):
             events=[EventIn(event_id=results[0][0].event_id, message="x", type="message")],
         )
         assert dup.status == "duplicate"
+        # NUL characters, which PostgreSQL refuses in text and JSON, are removed on the way in.
+        [nul] = await ingest_events(
+            writer=runtime.writer,
+            project=grant.project,
+            events=[EventIn(message="a\x00b", type="message", extra={"k": "v\x00"})],
+        )
+        async with runtime.database.sessions() as session:
+            stored = await session.get(Event, nul.id)
+            assert stored is not None and (stored.message, stored.extra) == ("ab", {"k": "v"})
     finally:
         for rt in runtimes:
             await rt.stop()

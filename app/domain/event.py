@@ -32,10 +32,30 @@ MAX_EXCEPTIONS = 25
 MAX_TAGS = 200
 
 
+def without_nul(value: Any) -> Any:
+    """`value` with NUL characters removed from every string in it.
+
+    PostgreSQL refuses NUL in text and JSON, and no tracker needs it; removing it here
+    keeps one database from rejecting what the other accepts. Returns `value` itself
+    when there is nothing to remove (the common case costs one walk, no copies).
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        cleaned = {without_nul(k): without_nul(v) for k, v in value.items()}
+        return value if cleaned == value else cleaned
+    if isinstance(value, list):
+        items = [without_nul(item) for item in value]
+        return value if items == value else items
+    return value
+
+
 def _truncator(limit: int) -> AfterValidator:
     """Cut a string to `limit` characters, marking the cut so nobody mistakes it for data."""
 
     def cut(value: str) -> str:
+        if "\x00" in value:
+            value = value.replace("\x00", "")
         if len(value) <= limit:
             return value
         return value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
@@ -85,6 +105,13 @@ class EventType(StrEnum):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if isinstance(value, dict | list):
+            return without_nul(value)
+        return value
 
 
 class Frame(_Model):

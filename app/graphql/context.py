@@ -76,6 +76,7 @@ class Context:
     runtime: Runtime
     loaders: Loaders
     secret: str | None
+    connection_params: dict[str, Any] | None = None
     _viewer: Viewer | None = field(default=None)
     _auth_error: Exception | None = field(default=None)
 

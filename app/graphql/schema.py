@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -15,9 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
 
+from app.config import Settings
 from app.errors import ErrorgraphError
 from app.services.runtime import Runtime
 
@@ -25,6 +29,7 @@ from .context import Context, Loaders, bearer_secret
 from .errors import ErrorCodes
 from .mutations import Mutation
 from .queries import Query
+from .subscriptions import Subscription
 
 MAX_DEPTH = 12
 MAX_ALIASES = 30
@@ -47,6 +52,7 @@ class Schema(strawberry.Schema):
 schema = Schema(
     query=Query,
     mutation=Mutation,
+    subscription=Subscription,
     extensions=[
         partial(QueryDepthLimiter, max_depth=MAX_DEPTH),
         partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
@@ -57,7 +63,24 @@ schema = Schema(
 
 
 class GraphQLApp(GraphQL[Context, None]):
-    """Strawberry's ASGI app with our context: the runtime, the caller's secret, loaders."""
+    """Strawberry's ASGI app with our context: the runtime, the caller's secret, loaders.
+
+    On WebSocket, the secret comes from the `connection_init` payload
+    (`{"Authorization": "Bearer …"}`); no or bad credentials close the socket with 4403.
+    """
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        params = context.connection_params or {}
+        value = params.get("Authorization") or params.get("authorization")
+        if value:
+            context.secret = bearer_secret({"authorization": value})
+        try:
+            viewer = await context.viewer()
+        except ErrorgraphError:
+            raise ConnectionRejectionError() from None
+        if not viewer.may("read"):
+            raise ConnectionRejectionError()
+        return UNSET
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket | None = None
@@ -73,10 +96,18 @@ class GraphQLApp(GraphQL[Context, None]):
         )
 
 
-def graphql_app(*, graphiql: bool) -> GraphQLApp:
+def graphql_app(settings: Settings) -> GraphQLApp:
+    protocols = [GRAPHQL_TRANSPORT_WS_PROTOCOL]
+    if settings.graphql_ws_legacy:
+        protocols.append(GRAPHQL_WS_PROTOCOL)
     options: dict[str, Any] = {
-        "graphql_ide": "graphiql" if graphiql else None,
+        "graphql_ide": "graphiql" if settings.graphiql else None,
         "allow_queries_via_get": True,
-        "subscription_protocols": (GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        "subscription_protocols": tuple(protocols),
+        "connection_init_wait_timeout": timedelta(seconds=settings.ws_connection_init_timeout),
+        "max_subscriptions_per_connection": settings.ws_max_subscriptions,
+        # Auth is a bearer token in connection_init, never a cookie, so a page on another
+        # origin gains nothing it could not do itself: dashboards may live anywhere.
+        "allowed_origins": ("*",),
     }
     return GraphQLApp(schema, **options)

@@ -28,7 +28,7 @@ class Runtime:
         database = create_database(settings)
         try:
             await upgrade_database(database)
-            pubsub = PubSub(settings.broadcast_url)
+            pubsub = PubSub(settings.broadcast_url, queue_size=settings.subscriber_queue_size)
             await pubsub.connect()
         except BaseException:
             await database.dispose()

@@ -66,3 +66,20 @@ def test_validation_errors_name_the_field(data: dict, field: str):
     with pytest.raises(ValidationError) as caught:
         EventIn.model_validate(data)
     assert field in str(caught.value.errors()[0]["loc"])
+
+
+def test_nul_characters_are_removed_everywhere():
+    event = EventIn(
+        message="a\x00b",
+        extra={"k\x00": ["x\x00y", {"deep": "\x00"}]},
+        exceptions=[
+            ExceptionIn(type="E\x00", frames=[Frame(function="f\x00", vars={"v": "1\x00"})])
+        ],
+        tags={"t": "v\x00"},
+    )
+    assert event.message == "ab"
+    assert event.extra == {"k": ["xy", {"deep": ""}]}
+    assert event.exceptions[0].type == "E"
+    assert event.exceptions[0].frames[0].function == "f"
+    assert event.exceptions[0].frames[0].vars == {"v": "1"}
+    assert event.tags == {"t": "v"}

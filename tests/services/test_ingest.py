@@ -210,9 +210,10 @@ async def test_publishes_ids_after_commit(runtime: Runtime, project: CreatedProj
     received: dict[str, list[dict]] = {GROUP_CREATED: [], EVENT_CAPTURED: [], GROUP_UPDATED: []}
 
     async def listen(channel: str, ready: asyncio.Event, count: int) -> None:
-        async with runtime.pubsub.subscribe(channel) as messages:
+        async with runtime.pubsub.subscribe(channel) as subscription:
             ready.set()
-            async for message in messages:
+            while True:
+                _, message = await subscription.get()
                 # What is published is already committed: a fresh session sees it.
                 async with runtime.database.sessions() as session:
                     if channel == EVENT_CAPTURED:
