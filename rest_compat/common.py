@@ -3,10 +3,13 @@ one table that turns a domain exception into a status code and headers."""
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import brotli
 import orjson
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -206,3 +209,230 @@ def browser_route(path: str, endpoint: Callable[..., Any], *, methods: list[str]
         max_age=86_400,
     )
     return Route(path, app, methods=[*sorted(allowed), "OPTIONS"])
+
+
+# --- Compressed bodies, decoded as they stream in, within limits ----------------------
+
+# The most one decoding step may produce: a small input chunk can expand a thousandfold,
+# so output is taken in bounded pieces and counted before the next piece is made.
+DECODE_PIECE = 256 * 1024
+# Content-Encoding values that mean "not encoded". `utf-8` is there because some SDKs
+# send it by mistake (a charset, not a coding); refusing it would drop their events.
+_IDENTITY_CODINGS = frozenset({"", "identity", "utf-8", "utf8"})
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class _Identity:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if data:
+            yield data
+
+    def finish(self) -> Iterator[bytes]:
+        return iter(())
+
+
+class _ZlibPieces:
+    """gzip, zlib or raw deflate (chosen by `wbits`), at most DECODE_PIECE per step."""
+
+    def __init__(self, wbits: int, name: str) -> None:
+        self._wbits = wbits
+        self._name = name
+        self._obj = zlib.decompressobj(wbits)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            if self._obj.eof:
+                if not data:
+                    return
+                if self._wbits != _GZIP_WBITS:
+                    raise InvalidInput(
+                        f"the body has data after the end of its {self._name} stream",
+                        field="Content-Encoding",
+                    )
+                # A gzip body may hold several members one after another (RFC 1952 §2.2).
+                self._obj = zlib.decompressobj(self._wbits)
+            piece = self._obj.decompress(data, DECODE_PIECE)
+            if piece:
+                yield piece
+            if self._obj.eof:
+                data = self._obj.unused_data
+                continue
+            data = self._obj.unconsumed_tail
+            # A full piece may leave output inside zlib even when all input was taken.
+            if not data and len(piece) < DECODE_PIECE:
+                return
+
+    def finish(self) -> Iterator[bytes]:
+        yield from self.feed(b"")
+        if not self._obj.eof:
+            raise InvalidInput(f"the {self._name} body is truncated", field="Content-Encoding")
+
+
+class _DeflatePieces:
+    """HTTP `deflate` is meant to be zlib (RFC 9110 §8.4.1.2), but some clients send raw
+    deflate: try zlib, and when it fails before producing anything, start again raw."""
+
+    def __init__(self) -> None:
+        self._inner = _ZlibPieces(zlib.MAX_WBITS, "deflate")
+        # Input seen while still undecided; dropped at the first output.
+        self._probe: bytearray | None = bytearray()
+
+    def _raw(self) -> Iterator[bytes]:
+        assert self._probe is not None
+        seen, self._probe = bytes(self._probe), None
+        self._inner = _ZlibPieces(-zlib.MAX_WBITS, "deflate")
+        yield from self._inner.feed(seen)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._probe is None:
+            yield from self._inner.feed(data)
+            return
+        self._probe += data
+        try:
+            for piece in self._inner.feed(data):
+                self._probe = None
+                yield piece
+        except (zlib.error, InvalidInput):
+            if self._probe is None:
+                raise
+            yield from self._raw()
+
+    def finish(self) -> Iterator[bytes]:
+        if self._probe is not None:
+            try:
+                pieces = list(self._inner.finish())  # nothing came out so far: small
+            except (zlib.error, InvalidInput):
+                yield from self._raw()
+            else:
+                yield from pieces
+                return
+        yield from self._inner.finish()
+
+
+class _BrotliPieces:
+    def __init__(self) -> None:
+        self._obj = brotli.Decompressor()
+
+    def _pending(self) -> Iterator[bytes]:
+        while not self._obj.can_accept_more_data():
+            piece = self._obj.process(b"", output_buffer_limit=DECODE_PIECE)
+            if not piece:
+                return
+            yield piece
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:
+            return
+        piece = self._obj.process(data, output_buffer_limit=DECODE_PIECE)
+        if piece:
+            yield piece
+        yield from self._pending()
+
+    def finish(self) -> Iterator[bytes]:
+        # The decoder may hold output back even when it takes more input: drain it.
+        while not self._obj.is_finished():
+            piece = self._obj.process(b"", output_buffer_limit=DECODE_PIECE)
+            if not piece:
+                break
+            yield piece
+        if not self._obj.is_finished():
+            raise InvalidInput("the br body is truncated", field="Content-Encoding")
+
+
+_Pieces = _Identity | _ZlibPieces | _DeflatePieces | _BrotliPieces
+
+
+def _decoder_for(coding: str) -> _Pieces:
+    if coding in {"gzip", "x-gzip"}:
+        return _ZlibPieces(_GZIP_WBITS, "gzip")
+    if coding == "deflate":
+        return _DeflatePieces()
+    if coding == "br":
+        return _BrotliPieces()
+    raise InvalidInput(
+        f"unsupported Content-Encoding {coding!r}; use gzip, deflate or br",
+        field="Content-Encoding",
+    )
+
+
+class BodyDecoder:
+    """Undoes a Content-Encoding (several codings are undone last first, RFC 9110 §8.4),
+    in bounded pieces, so that a caller can count the output as it grows."""
+
+    def __init__(self, content_encoding: str | None) -> None:
+        codings = [part.strip().lower() for part in (content_encoding or "").split(",")]
+        self.codings = [coding for coding in codings if coding not in _IDENTITY_CODINGS]
+        self._stages: list[_Pieces] = [_decoder_for(c) for c in reversed(self.codings)]
+
+    def _through(self, index: int, data: bytes) -> Iterator[bytes]:
+        if index == len(self._stages):
+            if data:
+                yield data
+            return
+        for piece in self._stages[index].feed(data):
+            yield from self._through(index + 1, piece)
+
+    def _checked(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            yield from pieces
+        except (zlib.error, brotli.error) as exc:
+            raise InvalidInput(
+                f"the body is not valid {', '.join(self.codings)} data ({exc})",
+                field="Content-Encoding",
+            ) from None
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        return self._checked(self._through(0, data))
+
+    def finish(self) -> Iterator[bytes]:
+        def stages() -> Iterator[bytes]:
+            for index, stage in enumerate(self._stages):
+                for piece in stage.finish():
+                    yield from self._through(index + 1, piece)
+
+        return self._checked(stages())
+
+
+async def iter_decoded_body(
+    request: Request, *, limit: int, decoded_limit: int
+) -> AsyncIterator[bytes]:
+    """The body decoded per its Content-Encoding, piece by piece as it arrives.
+
+    Refuses (413) as soon as the bytes received pass `limit` or the decoded bytes pass
+    `decoded_limit`, so a decompression bomb costs at most `decoded_limit` of work and
+    one piece of memory, never its full expansion. 400 for an unknown coding or data
+    that does not decode.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    decoder = BodyDecoder(request.headers.get("content-encoding"))
+    received = produced = 0
+
+    def counted(piece: bytes) -> bytes:
+        nonlocal produced
+        produced += len(piece)
+        if produced > decoded_limit:
+            raise PayloadTooLarge(f"decompressed body is larger than {decoded_limit} bytes")
+        return piece
+
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+        for piece in decoder.feed(chunk):
+            yield counted(piece)
+            # Let other requests run between pieces of a large expansion.
+            await asyncio.sleep(0)
+    for piece in decoder.finish():
+        yield counted(piece)
+
+
+async def read_decoded_body(request: Request, *, limit: int, decoded_limit: int) -> bytes:
+    """The whole decoded body, within the limits of `iter_decoded_body`."""
+    return b"".join(
+        [
+            piece
+            async for piece in iter_decoded_body(request, limit=limit, decoded_limit=decoded_limit)
+        ]
+    )
