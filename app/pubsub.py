@@ -213,12 +213,13 @@ class PubSub:
         """Run one connection until something about it fails."""
         tasks: list[asyncio.Task[None]] = []
         try:
-            readies = []
-            for channel in (*CHANNELS, self._heartbeat_channel):
+            # One channel at a time: broadcaster's Redis backend starts listening when the
+            # first subscription is asked for, and stops for good if no channel is
+            # registered yet at that moment; once one is, later ones are safe.
+            for channel in (self._heartbeat_channel, *CHANNELS):
                 ready = asyncio.Event()
-                readies.append(ready)
                 tasks.append(asyncio.create_task(self._read(broadcast, channel, ready)))
-            await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 10)
+                await asyncio.wait_for(ready.wait(), 10)
             tasks.append(asyncio.create_task(self._heartbeat(broadcast)))
             # broadcaster's own listener dies when the connection does (Redis).
             listener = getattr(broadcast, "_listener_task", None)

@@ -8,11 +8,8 @@ unless ERRORGRAPH_REQUIRE_SERVICES=1 (set by `.ci/run`), which turns the skip in
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,16 +17,15 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from support import (
-    ERRORGRAPH,
     GQL,
     T0,
     AppClient,
     IngestResult,
-    cli_env,
-    free_port,
+    LiveServer,
     ingest,
     make_event,
     require_or_skip,
+    running_server,
 )
 
 from app.config import Settings
@@ -97,14 +93,6 @@ async def app_project(app_client: AppClient) -> CreatedProject:
     return await create_project(sessions=app_client.runtime.database.sessions, name="App project")
 
 
-@dataclass
-class LiveServer:
-    base_url: str
-    settings: Settings
-    process: subprocess.Popen[bytes]
-    env: dict[str, str]
-
-
 @pytest.fixture
 def live_env() -> dict[str, str]:
     """Extra environment for `live_server`; override in a module to change its settings."""
@@ -116,42 +104,8 @@ def live_server(
     settings: Settings, tmp_path: Path, live_env: dict[str, str]
 ) -> Iterator[LiveServer]:
     """errorgraph under a real uvicorn process on 127.0.0.1, started the way the README does."""
-    port = free_port()
-    live_settings = settings.model_copy(update={"port": port})
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [ERRORGRAPH, "serve"],
-        env=cli_env(live_settings, **live_env),
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError((tmp_path / "server.log").read_text())
-        try:
-            if httpx.get(base_url + "/health/live", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("server did not start:\n" + (tmp_path / "server.log").read_text())
-        time.sleep(0.1)
-    try:
-        yield LiveServer(
-            base_url=base_url, settings=live_settings, process=process, env=cli_env(live_settings)
-        )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    with running_server(settings, tmp_path, live_env) as server:
+        yield server
 
 
 @pytest.fixture

@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +55,59 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    settings: Settings
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+
+
+@contextmanager
+def running_server(
+    settings: Settings,
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    name: str = "server",
+) -> Iterator[LiveServer]:
+    """`errorgraph serve` as a real process on a free port of 127.0.0.1, until the block ends."""
+    port = free_port()
+    live_settings = settings.model_copy(update={"port": port})
+    env = cli_env(live_settings, **(extra_env or {}))
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [ERRORGRAPH, "serve"], env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(log_path.read_text())
+            try:
+                if httpx.get(base_url + "/health/live", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("server did not start:\n" + log_path.read_text())
+            time.sleep(0.1)
+        try:
+            yield LiveServer(
+                base_url=base_url, settings=live_settings, process=process, env=env, log=log_path
+            )
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @dataclass

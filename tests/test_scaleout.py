@@ -1,0 +1,239 @@
+"""Scale-out: several errorgraph processes on one PostgreSQL database, sharing pub/sub
+through Redis or PostgreSQL. Real servers: PostgreSQL from ERRORGRAPH_TEST_POSTGRES_URL,
+and a Redis server this test starts (Debian's redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import ERRORGRAPH, LiveServer, WSClient, free_port, require_or_skip, running_server
+
+from app.config import Settings
+
+pytestmark = pytest.mark.postgres
+
+
+class RedisServer:
+    """A throwaway redis-server on 127.0.0.1 that a test can stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            require_or_skip("redis-server is not installed")
+        self.binary = str(binary)
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                import socket
+
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def two_servers(settings: Settings, tmp_path: Path, broadcast_url: str) -> tuple[Any, Any]:
+    shared = settings.model_copy(update={"broadcast_url": broadcast_url})
+    env = {"ERRORGRAPH_LOG_LEVEL": "warning"}
+    return (
+        running_server(shared, tmp_path, env, name="a"),
+        running_server(shared, tmp_path, env, name="b"),
+    )
+
+
+def create_project(server: LiveServer) -> dict[str, Any]:
+    created = subprocess.run(
+        [ERRORGRAPH, "project", "create", "Scale", "--json"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(created.stdout)
+
+
+def events(key: str, signatures: int, count: int, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "api_key": key,
+            "event_id": f"{prefix}-{i}",
+            "timestamp": "2026-03-01T12:00:00Z",
+            "type": "exception",
+            "user": {"id": f"user-{i % 7}"},
+            "exception": {
+                "type": "TypeError",
+                "message": f"boom {i}",
+                "stack": f"TypeError: boom\n    at handler{i % signatures} (app.js:{i}:1)",
+            },
+        }
+        for i in range(count)
+    ]
+
+
+async def send_batches(base_url: str, batch: list[dict[str, Any]]) -> None:
+    async with httpx.AsyncClient(timeout=60) as http:
+        for start in range(0, len(batch), 100):
+            response = await http.post(
+                base_url + "/api/v1/errors/batch", json=batch[start : start + 100]
+            )
+            assert response.status_code == 202, response.text
+            assert {r["status"] for r in response.json()["results"]} == {"ok"}
+
+
+@pytest.fixture
+def pg_settings(postgres_url: str) -> Settings:
+    return Settings(database_url=postgres_url, _env_file=None)  # type: ignore[call-arg]
+
+
+async def test_two_processes_count_exactly(pg_settings: Settings, tmp_path: Path, redis_server):
+    a_cm, b_cm = two_servers(pg_settings, tmp_path, redis_server.url)
+    with a_cm as a, b_cm as b:
+        project = create_project(a)
+        await asyncio.gather(
+            send_batches(a.base_url, events(project["ingest_key"], 20, 1000, "a")),
+            send_batches(b.base_url, events(project["ingest_key"], 20, 1000, "b")),
+        )
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                a.base_url + "/graphql",
+                json={
+                    "query": "{ groups(first: 100) { totalCount edges { node { count userCount } } } }"
+                },
+                headers={"Authorization": f"Bearer {project['token']}"},
+            )
+        groups = response.json()["data"]["groups"]
+        assert groups["totalCount"] == 20
+        assert [edge["node"]["count"] for edge in groups["edges"]] == [100] * 20
+        # Each signature's 50 events per process cycle through all 7 users.
+        assert [edge["node"]["userCount"] for edge in groups["edges"]] == [7] * 20
+
+
+async def send_one(base_url: str, key: str, function: str) -> str:
+    event_id = uuid.uuid4().hex
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            base_url + "/api/v1/errors",
+            json={
+                "api_key": key,
+                "event_id": event_id,
+                "timestamp": "2026-03-01T12:00:00Z",
+                "type": "exception",
+                "exception": {
+                    "type": "E",
+                    "message": "m",
+                    "stack": f"E: m\n    at {function} (a.js:1:1)",
+                },
+            },
+        )
+    assert response.status_code == 202
+    return event_id
+
+
+async def subscriber(server: LiveServer, token: str) -> WSClient:
+    client = await (await WSClient.open(server.base_url, token)).acked()
+    await client.subscribe("1", "subscription { eventCaptured { eventId } }")
+    await asyncio.sleep(0.5)
+    return client
+
+
+async def delivered(client: WSClient, timeout: float = 15) -> str:
+    message = await client.next(timeout=timeout)
+    assert message["type"] == "next", message
+    return str(message["payload"]["data"]["eventCaptured"]["eventId"])
+
+
+async def test_event_on_a_reaches_subscriber_on_b_through_redis_and_survives_a_restart(
+    pg_settings: Settings, tmp_path: Path, redis_server: RedisServer
+):
+    a_cm, b_cm = two_servers(pg_settings, tmp_path, redis_server.url)
+    with a_cm as a, b_cm as b:
+        project = create_project(a)
+        client = await subscriber(b, project["token"])
+        sent = await send_one(a.base_url, project["ingest_key"], "first")
+        assert await delivered(client) == sent
+
+        # Redis goes away: ingest keeps working; when it comes back, delivery resumes.
+        redis_server.stop()
+        while_down = await send_one(a.base_url, project["ingest_key"], "down")
+        assert while_down
+        redis_server.start()
+        deadline = time.monotonic() + 40
+        received = None
+        while time.monotonic() < deadline:
+            sent = await send_one(a.base_url, project["ingest_key"], "after")
+            try:
+                received = await delivered(client, timeout=2)
+            except TimeoutError:
+                continue
+            if received == sent:
+                break
+        assert received == sent, "delivery did not resume after Redis came back"
+        await client.close()
+
+
+async def test_event_on_a_reaches_subscriber_on_b_through_postgres(
+    pg_settings: Settings, tmp_path: Path
+):
+    broadcast = pg_settings.database_url.replace("postgresql+asyncpg://", "postgres://")
+    a_cm, b_cm = two_servers(pg_settings, tmp_path, broadcast)
+    with a_cm as a, b_cm as b:
+        project = create_project(a)
+        client = await subscriber(b, project["token"])
+        sent = await send_one(a.base_url, project["ingest_key"], "viaPostgres")
+        assert await delivered(client) == sent
+        await client.close()
