@@ -119,6 +119,8 @@ MAX_CLIENT_REPORT_BYTES = 64 * 1024
 MAX_HEADER_LINE = 64 * 1024
 # Items per envelope: SDKs send a few; many thousands of tiny ones are an attack.
 MAX_ITEMS = 10_000
+# JSON nesting: deeper data is refused before anything recurses over it.
+MAX_JSON_DEPTH = 64
 # The store endpoint's body is one event, possibly base64 (4/3 larger) of zlib data.
 MAX_STORE_DECODED_BYTES = 2 * MiB
 
@@ -229,19 +231,42 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _check_depth(value: Any, *, what: str) -> None:
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH: storing and validating it recurses,
+    and SDKs cut their data far shallower (the Python SDK at 10 levels)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidInput(
+                f"the {what} is nested deeper than {MAX_JSON_DEPTH} levels", field=what
+            )
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+
+
 def load_json(data: bytes, *, what: str) -> Any:
     """Parse `data`; orjson first (fast), the standard library when orjson refuses,
     because the Python SDK writes NaN and Infinity, which only the latter reads."""
     try:
-        return orjson.loads(data)
+        value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         first_error = str(exc)
+    else:
+        _check_depth(value, what=what)
+        return value
     try:
-        return _finite(json.loads(data, parse_constant=lambda name: _NON_FINITE[name]))
+        value = json.loads(data, parse_constant=lambda name: _NON_FINITE[name])
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput(f"the {what} is not valid JSON: {first_error}", field=what) from None
     except RecursionError:
-        raise InvalidInput(f"the {what} is nested too deeply", field=what) from None
+        raise InvalidInput(
+            f"the {what} is nested deeper than {MAX_JSON_DEPTH} levels", field=what
+        ) from None
+    _check_depth(value, what=what)
+    return _finite(value)
 
 
 def _json_object(data: bytes, *, what: str) -> dict[str, Any]:

@@ -20,8 +20,8 @@ import brotli
 import httpx
 import pytest
 import sentry_sdk
-from conftest import ERRORGRAPH
 from sqlalchemy import select
+from support import ERRORGRAPH
 
 from app.db import create_database
 from app.models import AffectedUser, ClientReport, Event, Group
@@ -639,6 +639,21 @@ def test_envelope_spec_examples(step):
             b'{}\n{"type":"client_report"}\n{"discarded_events":[{"reason":"x","category":"error","quantity":-2}]}\n',
             400,
             "invalid client_report: discarded_events.0.quantity: Input should be greater than or equal to 0",
+        ),
+        (
+            b'{}\n{"type":"event"}\n{"extra":{"x":' + b"[" * 100 + b"]" * 100 + b"}}\n",
+            400,
+            "the event is nested deeper than 64 levels",
+        ),
+        (
+            b'{}\n{"type":"event"}\n{"extra":{"x":' + b"[" * 2000 + b"]" * 2000 + b"}, NaN]}\n",
+            400,
+            "the event is",
+        ),
+        (
+            b"{}\n" + b'{"type":"session"}\n{}\n' * 10_001,
+            413,
+            "the envelope has more than 10000 items",
         ),
     ],
 )
