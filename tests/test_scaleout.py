@@ -11,12 +11,21 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from support import ERRORGRAPH, LiveServer, WSClient, free_port, require_or_skip, running_server
+from support import (
+    ERRORGRAPH,
+    ROOT,
+    LiveServer,
+    WSClient,
+    free_port,
+    require_or_skip,
+    running_server,
+)
 
 from app.config import Settings
 
@@ -237,3 +246,53 @@ async def test_event_on_a_reaches_subscriber_on_b_through_postgres(
         sent = await send_one(a.base_url, project["ingest_key"], "viaPostgres")
         assert await delivered(client) == sent
         await client.close()
+
+
+@contextmanager
+def running_nginx(workdir: Path, upstreams: list[LiveServer]) -> Iterator[str]:
+    """nginx with deploy/nginx.conf as shipped, only its ports changed; yields its URL."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        require_or_skip("nginx is not installed")
+    port = free_port()
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    for placeholder, server in zip(("127.0.0.1:8001", "127.0.0.1:8002"), upstreams, strict=True):
+        config = config.replace(placeholder, server.base_url.removeprefix("http://"))
+    config = config.replace("listen 8080;", f"listen 127.0.0.1:{port};")
+    (workdir / "nginx.conf").write_text(config)
+    proxy = subprocess.Popen(
+        [str(nginx), "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if httpx.get(base_url + "/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (workdir / "error.log").read_text()
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+
+
+async def test_behind_the_shipped_nginx_config(pg_settings: Settings, tmp_path: Path, redis_server):
+    """HTTP ingest and WebSocket subscriptions both pass through deploy/nginx.conf to
+    two processes."""
+    a_cm, b_cm = two_servers(pg_settings, tmp_path, redis_server.url)
+    with a_cm as a, b_cm as b, running_nginx(tmp_path, [a, b]) as front_url:
+        front = LiveServer(
+            base_url=front_url, settings=a.settings, process=a.process, env=a.env, log=a.log
+        )
+        project = create_project(a)
+        clients = [await subscriber(front, project["token"]) for _ in range(4)]
+        sent = await send_one(front.base_url, project["ingest_key"], "throughNginx")
+        for client in clients:
+            assert await delivered(client) == sent
+            await client.close()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
-from support import ERRORGRAPH, WSClient
+from support import ERRORGRAPH, WSClient, running_server
 
 
 @pytest.fixture
@@ -325,3 +325,27 @@ async def test_legacy_protocol_is_off_by_default(live_server, project):
     except ConnectionClosed as closed:
         code = closed.rcvd.code if closed.rcvd else None
     assert code == 4406  # "Subprotocol not acceptable"
+
+
+async def test_legacy_protocol_when_turned_on(settings, tmp_path):
+    """With ERRORGRAPH_GRAPHQL_WS_LEGACY=true the old `graphql-ws` protocol works too."""
+    with running_server(settings, tmp_path, {"ERRORGRAPH_GRAPHQL_WS_LEGACY": "true"}) as server:
+        project = create_project(server, "Legacy")
+        client = await WSClient.open(server.base_url, project["token"], protocol="graphql-ws")
+        assert (await client.receive())["type"] == "connection_ack"
+        await client.send(
+            {
+                "id": "1",
+                "type": "start",
+                "payload": {"query": "subscription { groupCreated { title } }"},
+            }
+        )
+        await asyncio.sleep(0.3)
+        await send_error(server.base_url, project["ingest_key"], function="legacy")
+        while True:
+            message = await client.receive()
+            if message["type"] != "ka":
+                break
+        assert message["type"] == "data"
+        assert message["payload"]["data"]["groupCreated"]["title"] == "TypeError: boom in legacy"
+        await client.close()
