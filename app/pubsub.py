@@ -127,6 +127,7 @@ class PubSub:
         self._supervisor: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._last_heartbeat = 0.0
+        self._sequence = 0
 
     @property
     def connected(self) -> bool:
@@ -188,6 +189,9 @@ class PubSub:
         except orjson.JSONDecodeError:
             log.warning("ignoring a message that is not JSON on %s", channel)
             return
+        # Subscribers of this one delivery share reads of it (see the GraphQL layer).
+        self._sequence += 1
+        message["_delivery"] = self._sequence
         for subscription in list(self._subscriptions):
             if channel in subscription.channels:
                 subscription.put(channel, message)

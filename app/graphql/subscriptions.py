@@ -13,8 +13,10 @@ time of the last message it saw.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from enum import Enum
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -58,8 +60,45 @@ async def _messages(
             yield message
 
 
+class SharedReads:
+    """Subscribers of one delivered message share one read of what it names.
+
+    Every subscriber would otherwise read the same row in its own query: a new event with
+    a thousand subscribers would cost a thousand queries. The key carries the delivery's
+    sequence number, so a later message about the same group always reads it afresh;
+    entries expire after `ttl` seconds (subscribers that fall further behind read again).
+    """
+
+    def __init__(self, ttl: float = 5.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[tuple[Any, ...], tuple[float, asyncio.Future[Any]]] = {}
+
+    async def get(self, key: tuple[Any, ...], load: Callable[[], Awaitable[Any]]) -> Any:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now or (entry[1].done() and entry[1].exception()):
+            if len(self._entries) >= self.size:
+                self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            entry = (now + self.ttl, asyncio.ensure_future(load()))
+            self._entries[key] = entry
+        return await asyncio.shield(entry[1])
+
+
+shared_reads = SharedReads()
+
+
 def _matches(message: dict[str, Any], key: str, wanted: int | None) -> bool:
     return wanted is None or int(message[key]) == wanted
+
+
+async def _group(sessions: Any, group_id: int, message: dict[str, Any]) -> Any:
+    found = await shared_reads.get(
+        (id(sessions), "group", group_id, message.get("_delivery")),
+        partial(issue_service.groups_by_ids, sessions=sessions, ids=[group_id]),
+    )
+    return found.get(group_id)
 
 
 @strawberry.type
@@ -78,14 +117,17 @@ class Subscription:
             info, GROUP_CREATED, lambda m: _matches(m, "project_id", project)
         ):
             group_id = int(message["group_id"])
-            group = (await issue_service.groups_by_ids(sessions=sessions, ids=[group_id])).get(
-                group_id
-            )
+            group = await _group(sessions, group_id, message)
             if group is None or (level is not None and group.level != level.value):
                 continue
             if environment is not None:
-                first = await event_service.latest_events_by_group(
-                    sessions=sessions, group_ids=[group_id]
+                first = await shared_reads.get(
+                    (id(sessions), "latest", group_id, message.get("_delivery")),
+                    partial(
+                        event_service.latest_events_by_group,
+                        sessions=sessions,
+                        group_ids=[group_id],
+                    ),
                 )
                 if group_id not in first or first[group_id].environment != environment:
                     continue
@@ -108,7 +150,10 @@ class Subscription:
             lambda m: _matches(m, "project_id", project) and _matches(m, "group_id", group),
         ):
             event_id = int(message["event_id"])
-            found = await event_service.events_by_ids(sessions=sessions, ids=[event_id])
+            found = await shared_reads.get(
+                (id(sessions), "event", event_id, message.get("_delivery")),
+                partial(event_service.events_by_ids, sessions=sessions, ids=[event_id]),
+            )
             event = found.get(event_id)
             if event is None or (level is not None and event.level != level.value):
                 continue
@@ -132,9 +177,7 @@ class Subscription:
             lambda m: _matches(m, "project_id", project) and _matches(m, "group_id", group),
         ):
             changed_id = int(message["group_id"])
-            row = (await issue_service.groups_by_ids(sessions=sessions, ids=[changed_id])).get(
-                changed_id
-            )
+            row = await _group(sessions, changed_id, message)
             yield GroupChangeType(
                 kind=GroupChangeKindEnum(message.get("kind", "NEW_EVENT")),
                 group=GroupType.from_row(row) if row else None,
