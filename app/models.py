@@ -73,6 +73,13 @@ class Project(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
+    # Scrubbing: extra key names whose values are replaced with [Filtered], and whether
+    # client IP addresses are dropped before storage.
+    scrub_fields: list[str] | None = _json()
+    scrub_ip_addresses: bool = Field(default=False)
+    # Per-key ingest quotas (events); None uses the server's defaults.
+    events_per_minute: int | None = Field(default=None)
+    events_per_hour: int | None = Field(default=None)
 
 
 class ProjectKey(SQLModel, table=True):
@@ -397,3 +404,78 @@ class ExportRequest(SQLModel, table=True):
         default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
     )
     expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class AlertRule(SQLModel, table=True):
+    """When to tell someone (trigger) and how (channel), per project.
+
+    `trigger`: new_issue | regression | frequency (with `threshold` events in
+    `window_minutes` for one issue). `channel`: email | postmark | webhook | slack, with
+    `target` the address list or URL and `options` anything channel-specific.
+    """
+
+    __tablename__ = "alert_rule"
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int = Field(
+        sa_column=sa.Column(
+            sa.ForeignKey("project.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    name: str = Field(default="", max_length=200)
+    trigger: str = Field(max_length=32)
+    threshold: int | None = Field(default=None)
+    window_minutes: int | None = Field(default=None)
+    channel: str = Field(max_length=32)
+    target: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    options: dict[str, Any] | None = _json()
+    enabled: bool = Field(default=True)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+
+
+class AlertDelivery(SQLModel, table=True):
+    """One notification: what it was about, where it went, and whether it got there.
+
+    `dedupe_key` (rule, trigger, group, and for frequency alerts the window) is unique, so
+    a retry or a second process never sends the same alert twice.
+    """
+
+    __tablename__ = "alert_delivery"
+    __table_args__ = (
+        sa.UniqueConstraint("dedupe_key", name="uq_alert_delivery_dedupe"),
+        sa.Index("ix_alert_delivery_rule_created", "rule_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    rule_id: int = Field(
+        sa_column=sa.Column(sa.ForeignKey("alert_rule.id", ondelete="CASCADE"), nullable=False)
+    )
+    group_id: int | None = Field(default=None)
+    dedupe_key: str = Field(max_length=300)
+    kind: str = Field(max_length=32)
+    status: str = Field(default="pending", max_length=16)  # pending | sent | failed | digested
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=sa.Column(UTCDateTime(), nullable=False)
+    )
+    sent_at: datetime | None = _ts(nullable=True)
+
+
+class RetentionRun(SQLModel, table=True):
+    """One run of the cleanup task: what it exported and deleted, or why it failed."""
+
+    __tablename__ = "retention_run"
+    __table_args__ = (sa.Index("ix_retention_run_started", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: int | None = Field(default=None)
+    started_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    finished_at: datetime | None = _ts(nullable=True)
+    status: str = Field(default="running", max_length=16)  # running | ok | failed
+    events_deleted: int = Field(default=0)
+    groups_deleted: int = Field(default=0)
+    exported_to: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))

@@ -32,6 +32,10 @@ EXPECTED_TABLES = {
     "client_report",
     "log_message",
     "source_map",
+    "export_request",
+    "alert_rule",
+    "alert_delivery",
+    "retention_run",
     "alembic_version",
 }
 
