@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -38,6 +39,13 @@ token_cli = typer.Typer(help="Create API tokens for the GraphQL API.", no_args_i
 cli.add_typer(project_cli, name="project")
 cli.add_typer(key_cli, name="key")
 cli.add_typer(token_cli, name="token")
+
+
+class GroupingChoice(StrEnum):
+    """The grouping strategies of `app.domain.grouping.STRATEGIES`, for --grouping."""
+
+    FRAMES = "frames"
+    LOCATION = "location"
 
 
 class CliError(Exception):
@@ -85,6 +93,7 @@ def _created_project_json(settings: Settings, created: CreatedProject) -> dict[s
         "id": project.id,
         "slug": project.slug,
         "name": project.name,
+        "grouping": project.grouping_strategy,
         "ingest_key": created.ingest_key.secret,
         "api_key": created.api_key.secret,
         "dsn": settings.dsn_for(key=created.ingest_key.secret, project_id=project.id),
@@ -116,13 +125,24 @@ def _emit_json(data: Any) -> None:
 @project_cli.command("create")
 def project_create(
     name: Annotated[str, typer.Argument(help="The project's name.")],
+    grouping: Annotated[
+        GroupingChoice,
+        typer.Option(
+            "--grouping",
+            help="How events become issues: frames (type + innermost in-app frames, no line "
+            "numbers) or location (md5 of project:type:file:line, as the Error Tracker API).",
+        ),
+    ] = GroupingChoice.FRAMES,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Create a project with an ingest key, an API key, a DSN and an admin token."""
     with _one_line_errors():
         settings = _settings()
         created = _with_database(
-            settings, lambda db: key_service.create_project(sessions=db.sessions, name=name)
+            settings,
+            lambda db: key_service.create_project(
+                sessions=db.sessions, name=name, grouping_strategy=grouping.value
+            ),
         )
         info = _created_project_json(settings, created)
         if json:

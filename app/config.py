@@ -2,21 +2,39 @@
 
 Settings are built once by whoever starts the process (the CLI, `app.main`) and passed
 down; nothing reads the environment at import time, so a test builds its own.
+
+The variables of the Error Tracker document (`../shared/seeds/003_5d6793c66178ddef.txt`)
+work as aliases, so a deployment configured for it starts unchanged: `API_KEY`,
+`DATABASE_PATH` (a file, turned into a SQLite URL), `LOG_LEVEL` (`warn` included) and
+`RETENTION_DAYS`. The `ERRORGRAPH_` name wins when both are set.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/errorgraph.db"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def _alias(name: str, seed_name: str) -> AliasChoices:
+    """Read `ERRORGRAPH_<name>`, else the Error Tracker's own variable `seed_name`."""
+    return AliasChoices(f"ERRORGRAPH_{name}", seed_name)
 
 
 class SettingsError(Exception):
@@ -29,16 +47,29 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # Aliased fields are still set by their Python name (`Settings(log_level=…)`).
+        populate_by_name=True,
     )
 
     database_url: str = DEFAULT_DATABASE_URL
+    # A SQLite file; becomes `database_url` unless that is set too.
+    database_path: str | None = Field(
+        default=None, validation_alias=_alias("DATABASE_PATH", "DATABASE_PATH")
+    )
+    # The server-wide key of the Error Tracker dialect: whoever sends it in X-API-Key
+    # reports to (and reads) every project, naming the project in the body.
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=_alias("API_KEY", "API_KEY"), repr=False
+    )
     broadcast_url: str = "memory://"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = None
-    log_level: LogLevel = "info"
+    log_level: LogLevel = Field(default="info", validation_alias=_alias("LOG_LEVEL", "LOG_LEVEL"))
     # How long events are kept when no retention policy was set.
-    retention_days: int = Field(default=90, ge=1, le=3650)
+    retention_days: int = Field(
+        default=90, ge=1, le=3650, validation_alias=_alias("RETENTION_DAYS", "RETENTION_DAYS")
+    )
     # GraphiQL in the browser at /graphql; the API itself is always on.
     graphiql: bool = True
     # WebSocket subscriptions: the legacy `graphql-ws` protocol beside
@@ -74,6 +105,35 @@ class Settings(BaseSettings):
             "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (got scheme "
             f"{scheme or 'none'!r})"
         )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_names(cls, value: object) -> object:
+        """Any case, and `warn` as the Error Tracker spells it."""
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return "warning" if value == "warn" else value
+        return value
+
+    @field_validator("database_path")
+    @classmethod
+    def _database_file(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty API_KEY= line means no server key, not a key that is the empty string."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _database_from_path(self) -> Settings:
+        if self.database_path and "database_url" not in self.model_fields_set:
+            path = os.path.expanduser(self.database_path)
+            self.database_url = f"sqlite+aiosqlite:///{path}"
+        return self
 
     @field_validator("broadcast_url")
     @classmethod
@@ -134,6 +194,20 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = "ERRORGRAPH_" + "_".join(str(part) for part in error["loc"]).upper()
+            name = _variable_name(error["loc"])
             lines.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    """The variable a settings error is about. An aliased field reports its first alias;
+    name the one actually set in the environment, so `LOG_LEVEL=loud` is not blamed on
+    an `ERRORGRAPH_LOG_LEVEL` nobody set."""
+    joined = "_".join(str(part) for part in loc).upper()
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices) and str(alias.choices[0]).upper() == joined:
+            names = [str(choice) for choice in alias.choices]
+            present = {key.upper() for key in os.environ}
+            return next((name for name in names if name.upper() in present), names[0])
+    return joined if joined.startswith("ERRORGRAPH_") else "ERRORGRAPH_" + joined

@@ -20,7 +20,7 @@ from app.graphql.schema import graphql_app
 from app.services.exports import export_chunks, export_filter, get_export_request
 from app.services.keys import viewer_for_secret
 from app.services.runtime import Runtime
-from rest_compat import errorstack, proliferate, retack, sentry
+from rest_compat import error_tracker, errorstack, proliferate, retack, sentry
 from rest_compat.common import JSONOut, error_response, runtime_of
 
 log = logging.getLogger("errorgraph")
@@ -108,6 +108,7 @@ def create_app(
         *retack.routes,
         *errorstack.routes,
         *sentry.routes,
+        *error_tracker.routes,
     ]
     return Starlette(
         routes=routes,

@@ -17,8 +17,10 @@ Strategies (the registry `STRATEGIES` holds the current version of each):
   failure is the same problem, and the frames already say where it happened.
   Hash: sha256 of the canonical JSON of the components, hex, first 32 characters.
 - `location`: for projects moving from the "Error Tracker" API, whose issues are keyed
-  by where the error was raised: md5 hex of `f"{project_id}:{type}:{file}:{line}"` of
-  the innermost frame. It uses the line on purpose, so issues match what those users had.
+  by where the error was raised: md5 hex of `f"{project}:{type}:{file}:{line}"` of
+  the innermost frame, where `project` is the project's name, as that API's clients send
+  it (`../shared/seeds/003_5d6793c66178ddef.txt`), so the fingerprints they see are the
+  ones they had. It uses the line on purpose, so issues match what those users had.
 
 Both fall back to the exception type and a normalised message when there is no stack
 (see `normalize_message`), and both honour a client's own `fingerprint`.
@@ -55,7 +57,7 @@ class Grouping:
     reason: str
 
 
-# A strategy turns an event (and the project id, for strategies that key on it) into
+# A strategy turns an event (and the project's name, for strategies that key on it) into
 # the hash and the reason; `digest` is how it hashes a client fingerprint.
 Compute = Callable[[EventIn, str], tuple[str, str]]
 
@@ -304,7 +306,7 @@ def _canonical(payload: object) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-def _frames_strategy(event: EventIn, project_id: str) -> tuple[str, str]:
+def _frames_strategy(event: EventIn, project: str) -> tuple[str, str]:
     """Hash of the canonical JSON of `["frames", type, [[function, location], …]]`, or
     `["message", type, normalised text]` without a stack. The project is not part of it:
     hashes are only ever compared within one project."""
@@ -332,7 +334,7 @@ def _frames_strategy(event: EventIn, project_id: str) -> tuple[str, str]:
     )
 
 
-def _location_strategy(event: EventIn, project_id: str) -> tuple[str, str]:
+def _location_strategy(event: EventIn, project: str) -> tuple[str, str]:
     """md5 of `project:type:file:line` of the innermost frame, as the API it replaces.
 
     `file` is the frame's filename exactly as sent (its abs_path when it has no
@@ -345,7 +347,7 @@ def _location_strategy(event: EventIn, project_id: str) -> tuple[str, str]:
     if not frames:
         text, source = _message_basis(event)
         return (
-            _md5(f"{project_id}:{exception_type}:{text}"),
+            _md5(f"{project}:{exception_type}:{text}"),
             _no_stack_reason(event, exception_type, text, source),
         )
     innermost = frames[-1]
@@ -353,7 +355,7 @@ def _location_strategy(event: EventIn, project_id: str) -> tuple[str, str]:
     line = "" if innermost.lineno is None else str(innermost.lineno)
     head = f"exception type {exception_type}" if exception_type else "no exception type"
     return (
-        _md5(f"{project_id}:{exception_type}:{file}:{line}"),
+        _md5(f"{project}:{exception_type}:{file}:{line}"),
         f"{head} + innermost frame at {file or '?'}:{line or '?'} (line numbers count)",
     )
 
@@ -376,7 +378,11 @@ def _strategy(name: str) -> Strategy:
 
 
 def grouping_for_event(
-    event: EventIn, *, strategy: str = "frames", project_id: int | str = ""
+    event: EventIn,
+    *,
+    strategy: str = "frames",
+    project_id: int | str = "",
+    project_name: str | None = None,
 ) -> Grouping:
     """Group `event` under `strategy` (a name, or the current versioned id).
 
@@ -384,9 +390,14 @@ def grouping_for_event(
     errors that no heuristic can. Entries `{{ default }}` stand for the strategy's own
     hash, so a client can split a default group further instead of replacing it; a
     fingerprint of only `{{ default }}` is the default grouping itself.
+
+    `project_name` is the project as strategies that key on it see it (`location`);
+    without it, `project_id` stands in.
     """
     chosen = _strategy(strategy)
-    digest, reason = chosen.compute(event, str(project_id))
+    digest, reason = chosen.compute(
+        event, project_name if project_name is not None else str(project_id)
+    )
     fingerprint = event.fingerprint
     if not fingerprint:
         return Grouping(hash=digest, strategy=chosen.id, reason=reason)

@@ -87,11 +87,14 @@ class PreparedEvent:
     culprit: str | None
 
 
-def prepare_event(event: EventIn, *, strategy: str, project_id: int) -> PreparedEvent:
+def prepare_event(
+    event: EventIn, *, strategy: str, project_id: int, project_name: str | None = None
+) -> PreparedEvent:
     """Parse raw stack text into frames when the client sent only text, then fingerprint.
 
     When the client named the exception type or value itself, those win over what the
-    text says; unknown stack formats keep the raw text and group by message.
+    text says; unknown stack formats keep the raw text and group by message. The
+    `location` strategy hashes `project_name` (the Error Tracker keys issues on it).
     """
     if event.raw_stacktrace and not any(exc.frames for exc in event.exceptions):
         parsed = parse_stacktrace(event.raw_stacktrace)
@@ -110,7 +113,9 @@ def prepare_event(event: EventIn, *, strategy: str, project_id: int) -> Prepared
             event = event.model_copy(update={"exceptions": parsed})
     if event.type is EventType.EXCEPTION and not event.exceptions and not event.message:
         raise InvalidInput("an exception event needs an exception or a message", field="exception")
-    grouping = grouping_for_event(event, strategy=strategy, project_id=project_id)
+    grouping = grouping_for_event(
+        event, strategy=strategy, project_id=project_id, project_name=project_name
+    )
     title, culprit = title_and_culprit(event)
     return PreparedEvent(event=event, grouping=grouping, title=title, culprit=culprit)
 
@@ -121,7 +126,12 @@ async def ingest_events(
     """Store `events` for `project`; returns only after they are committed."""
     assert project.id is not None
     prepared = [
-        prepare_event(event, strategy=project.grouping_strategy, project_id=project.id)
+        prepare_event(
+            event,
+            strategy=project.grouping_strategy,
+            project_id=project.id,
+            project_name=project.name,
+        )
         for event in events
     ]
     return await writer.submit(project_id=project.id, events=prepared)

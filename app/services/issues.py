@@ -33,15 +33,18 @@ MAX_BULK = 1000
 
 @dataclass(frozen=True)
 class GroupFilter:
-    """Which groups a list shows. `visible` is what the caller may see (None: all)."""
+    """Which groups a list shows. `visible` is what the caller may see (None: all).
+    `tags` are (key, value) pairs that one event of the group must all carry."""
 
     visible: frozenset[int] | None = None
     project_id: int | None = None
     status: str | None = None
+    exclude_status: str | None = None
     level: str | None = None
     environment: str | None = None
     release: str | None = None
     search: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 def _group_conditions(sessions: Sessions, where: GroupFilter) -> list[Any]:
@@ -52,6 +55,8 @@ def _group_conditions(sessions: Sessions, where: GroupFilter) -> list[Any]:
         conditions.append(Group.project_id == where.project_id)
     if where.status is not None:
         conditions.append(Group.status == where.status)
+    if where.exclude_status is not None:
+        conditions.append(Group.status != where.exclude_status)
     if where.level is not None:
         conditions.append(Group.level == where.level)
     event_conditions = []
@@ -63,6 +68,8 @@ def _group_conditions(sessions: Sessions, where: GroupFilter) -> list[Any]:
         clause = event_search_clause(dialect_of(sessions), where.search)
         if clause is not None:
             event_conditions.append(clause)
+    for key, value in where.tags:
+        event_conditions.append(Event.tags[key].as_string() == value)  # type: ignore[index]
     if event_conditions:
         if where.project_id is not None:
             event_conditions.append(Event.project_id == where.project_id)
@@ -90,6 +97,35 @@ async def list_groups(
         rows = (await session.scalars(query)).all()
     name = column.key
     return build_page(rows, size=size, order=sort, key=lambda g: (getattr(g, name), g.id))
+
+
+MAX_OFFSET_PAGE = 1000
+
+
+async def list_groups_at_offset(
+    *,
+    sessions: Sessions,
+    where: GroupFilter,
+    limit: int,
+    offset: int = 0,
+    sort: GroupSort = "LAST_SEEN_DESC",
+) -> list[Group]:
+    """One page by position, for APIs whose clients page with limit and offset (the
+    Error Tracker's). Deep offsets cost what they skip; `list_groups` pages by keyset."""
+    if not 1 <= limit <= MAX_OFFSET_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_OFFSET_PAGE}", field="limit")
+    if offset < 0:
+        raise InvalidInput("offset must not be negative", field="offset")
+    column = SORT_COLUMNS[sort]
+    query = (
+        select(Group)
+        .where(*_group_conditions(sessions, where))
+        .order_by(column.desc(), Group.id.desc())  # type: ignore[union-attr]
+        .limit(limit)
+        .offset(offset)
+    )
+    async with sessions() as session:
+        return list((await session.scalars(query)).all())
 
 
 async def count_groups(*, sessions: Sessions, where: GroupFilter) -> int:

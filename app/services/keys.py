@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import Forbidden, InvalidInput, InvalidKey, NotFound
+from app.domain.grouping import STRATEGIES
+from app.errors import Forbidden, InvalidInput, InvalidKey, NotFound, Unavailable
 from app.models import ApiToken, Project, ProjectKey, utcnow
 
 KEY_SCOPES = ("ingest", "read", "write")
@@ -131,27 +133,55 @@ def _add_token(
     return CreatedToken(token=token, secret=secret)
 
 
-async def create_project(*, sessions: Sessions, name: str) -> CreatedProject:
-    """A project with what a new user needs at once: an ingest key (safe in a browser),
-    a read/write key, and an admin token limited to the project."""
+def _checked_name(name: str) -> str:
     name = name.strip()
     if not name:
         raise InvalidInput("the project name must not be empty", field="name")
     if len(name) > 200:
         raise InvalidInput("the project name is longer than 200 characters", field="name")
-    async with sessions.begin() as session:
-        base = slugify(name)
-        taken = set(
-            (
-                await session.scalars(
-                    select(Project.slug).where(Project.slug.like(f"{base}%"))  # type: ignore[attr-defined]
-                )
-            ).all()
+    return name
+
+
+def _checked_strategy(grouping_strategy: str) -> str:
+    if grouping_strategy not in STRATEGIES:
+        known = ", ".join(sorted(STRATEGIES))
+        raise InvalidInput(
+            f"unknown grouping strategy {grouping_strategy!r}; expected one of {known}",
+            field="grouping_strategy",
         )
-        slug, n = base, 2
-        while slug in taken:
-            slug, n = f"{base}-{n}", n + 1
-        project = Project(name=name, slug=slug)
+    return grouping_strategy
+
+
+def _first_free_slug(base: str, taken: set[str]) -> str:
+    slug, n = base, 2
+    while slug in taken:
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+async def _free_slug(session: AsyncSession, name: str) -> str:
+    base = slugify(name)
+    taken = set(
+        (
+            await session.scalars(
+                select(Project.slug).where(Project.slug.like(f"{base}%"))  # type: ignore[attr-defined]
+            )
+        ).all()
+    )
+    return _first_free_slug(base, taken)
+
+
+async def create_project(
+    *, sessions: Sessions, name: str, grouping_strategy: str = "frames"
+) -> CreatedProject:
+    """A project with what a new user needs at once: an ingest key (safe in a browser),
+    a read/write key, and an admin token limited to the project. `grouping_strategy`
+    names an entry of `app.domain.grouping.STRATEGIES`."""
+    name = _checked_name(name)
+    grouping_strategy = _checked_strategy(grouping_strategy)
+    async with sessions.begin() as session:
+        slug = await _free_slug(session, name)
+        project = Project(name=name, slug=slug, grouping_strategy=grouping_strategy)
         session.add(project)
         await session.flush()
         assert project.id is not None
@@ -171,6 +201,60 @@ async def list_projects(
         query = query.where(Project.id.in_(list(project_ids)))  # type: ignore[union-attr]
     async with sessions() as session:
         return list((await session.scalars(query)).all())
+
+
+async def _oldest_named(sessions: Sessions, name: str) -> Project | None:
+    async with sessions() as session:
+        query = select(Project).where(Project.name == name).order_by(Project.id).limit(1)  # type: ignore[arg-type]
+        return (await session.scalars(query)).first()
+
+
+async def project_by_name(*, sessions: Sessions, name: str) -> Project:
+    """The project called `name` (the oldest, when several share it)."""
+    project = await _oldest_named(sessions, name.strip())
+    if project is None:
+        raise NotFound(f"no project named {name!r}", field="project")
+    return project
+
+
+async def project_for_name(
+    *, sessions: Sessions, name: str, grouping_strategy: str = "frames"
+) -> Project:
+    """The project called `name`, created with `grouping_strategy` when there is none.
+
+    For clients that name their project in every report and expect it to exist from the
+    first one. Only the project is created, no keys: such clients authenticate with a
+    server-wide key. Two requests creating the same name at once settle on one project:
+    the loser's insert fails (on SQLite's write lock, or on PostgreSQL's unique slug) and
+    it reads the winner's; were both to succeed, the oldest is everyone's answer.
+    """
+    name = _checked_name(name)
+    grouping_strategy = _checked_strategy(grouping_strategy)
+    found = await _oldest_named(sessions, name)
+    if found is not None:
+        return found
+    try:
+        async with sessions.begin() as session:
+            # The name and the slugs in one statement, inside the inserting transaction: a
+            # concurrent creator is either seen here (by its name) or makes this insert
+            # fail (its slug is the same), never neither.
+            base = slugify(name)
+            rows = (
+                await session.execute(
+                    select(Project.slug, Project.name).where(
+                        Project.slug.like(f"{base}%") | (Project.name == name)  # type: ignore[attr-defined]
+                    )
+                )
+            ).all()
+            if all(row_name != name for _, row_name in rows):
+                slug = _first_free_slug(base, {row_slug for row_slug, _ in rows})
+                session.add(Project(name=name, slug=slug, grouping_strategy=grouping_strategy))
+    except (IntegrityError, OperationalError):
+        pass
+    found = await _oldest_named(sessions, name)
+    if found is None:
+        raise Unavailable(f"could not create project {name!r}; try again")
+    return found
 
 
 async def project_by_id_or_slug(*, sessions: Sessions, ref: str | int) -> Project:
