@@ -29,8 +29,9 @@ Errors, all `{"detail": …}` as the document's own 401 and 503 answers: 401 mis
 invalid key, 403 a key without the scope or of another project, 404 unknown error id,
 400 a body that is not JSON (or not UTF-8), 413 a body over 256 KB (the document's
 limit, or `ERRORGRAPH_MAX_BODY_BYTES` when lower; gzip, deflate and br bodies are decoded
-within the same limit), 422 a body or query parameter of the wrong type or missing, with
-`detail` items naming it (`["body", "exception_type"]`). Nothing is stored before a
+within the same limit), 422 a body or query parameter of the wrong type or missing, or
+JSON nested deeper than 64 levels, with `detail` items naming it
+(`["body", "exception_type"]`). Nothing is stored before a
 report passed every check. `limit` above 200 is served as 200; below 1 is 422.
 
 The document's per-IP rate limit (100 requests a minute) is not applied: errorgraph has
@@ -119,6 +120,9 @@ FIRST_USE_STRATEGY = "location"
 # Ids beyond a signed 64-bit integer cannot exist, and would overflow the driver.
 MAX_ID = 2**63 - 1
 MAX_OFFSET = 2**31 - 1
+# JSON nesting in `extra` and `request_headers`: storing deeper data recurses past
+# Python's limit, so it is refused before anything walks it.
+MAX_JSON_DEPTH = 64
 
 
 class ErrorReport(BaseModel):
@@ -197,6 +201,32 @@ def _fail(exc: ErrorgraphError) -> Response:
 
 def _unprocessable(details: list[dict[str, Any]]) -> Response:
     return JSONOut({"detail": details}, status_code=422)
+
+
+def _too_deep(body: Any) -> list[dict[str, Any]]:
+    """A 422 item for each top-level field nested deeper than MAX_JSON_DEPTH, found
+    without recursion (the body is at most 256 KB, so this walk is bounded)."""
+    if not isinstance(body, dict):
+        return []
+    found = []
+    for name, value in body.items():
+        pending = [(value, 1)]
+        while pending:
+            item, depth = pending.pop()
+            if depth > MAX_JSON_DEPTH:
+                found.append(
+                    {
+                        "type": "too_deep",
+                        "loc": ["body", name],
+                        "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                    }
+                )
+                break
+            if isinstance(item, dict):
+                pending.extend((child, depth + 1) for child in item.values())
+            elif isinstance(item, list):
+                pending.extend((child, depth + 1) for child in item)
+    return found
 
 
 def _timestamp(value: datetime) -> str:
@@ -321,6 +351,9 @@ async def report_error(request: Request) -> Response:
         raw = await read_decoded_body(request, limit=limit, decoded_limit=limit)
         caller = await _caller(request, "ingest")
         body = parse_json(raw)
+        too_deep = _too_deep(body)
+        if too_deep:
+            return _unprocessable(too_deep)
         try:
             report = ErrorReport.model_validate(body)
         except ValidationError as exc:

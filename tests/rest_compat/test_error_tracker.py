@@ -608,6 +608,24 @@ async def test_wrong_types_and_missing_fields_are_422_naming_the_field(app_clien
     assert await nothing_stored(app_client)
 
 
+@pytest.mark.parametrize("field", ["extra", "request_headers"])
+@pytest.mark.parametrize("depth", [65, 1000])
+async def test_deeply_nested_json_is_422_not_a_crash(app_client, field: str, depth: int):
+    nested = '{"a":' * depth + "1" + "}" * depth
+    content = f'{{"project": "my-app", "exception_type": "E", "{field}": {nested}}}'
+    response = await app_client.http.post("/api/errors", content=content, headers=SERVER)
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {"type": "too_deep", "loc": ["body", field], "msg": "JSON nested deeper than 64 levels"}
+    ]
+    assert await nothing_stored(app_client)
+    fits = '{"a":' * 63 + "1" + "}" * 63
+    content = f'{{"project": "my-app", "exception_type": "E", "{field}": {fits}}}'
+    assert (
+        await app_client.http.post("/api/errors", content=content, headers=SERVER)
+    ).status_code == 201
+
+
 async def test_the_server_key_needs_a_project(app_client):
     response = await post(app_client, report(project=None))
     assert response.status_code == 422
