@@ -21,7 +21,8 @@ ORDER = "EVENTS_NEWEST"
 
 @dataclass(frozen=True)
 class EventFilter:
-    """Which events a list shows. `visible` is what the caller may see (None: all)."""
+    """Which events a list shows. `visible` is what the caller may see (None: all).
+    `tags` are (key, value) pairs that the event must all carry."""
 
     visible: frozenset[int] | None = None
     project_id: int | None = None
@@ -34,6 +35,7 @@ class EventFilter:
     since: datetime | None = None
     until: datetime | None = None
     search: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
 
 
 def event_conditions(sessions: Sessions, where: EventFilter) -> list[Any]:
@@ -58,6 +60,8 @@ def event_conditions(sessions: Sessions, where: EventFilter) -> list[Any]:
         clause = event_search_clause(dialect_of(sessions), where.search)
         if clause is not None:
             conditions.append(clause)
+    for key, value in where.tags:
+        conditions.append(Event.tags[key].as_string() == value)  # type: ignore[index]
     return conditions
 
 

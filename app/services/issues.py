@@ -357,17 +357,22 @@ TAG_SAMPLE = 10_000
 async def group_tags(
     *, sessions: Sessions, group_id: int, top: int = 10
 ) -> dict[str, list[tuple[str, int]]]:
-    """Tag key → its most frequent values with counts, over the group's latest events."""
+    """Tag key → its most frequent values with counts, over the group's latest events.
+
+    Events without tags hold JSON `null`, which SQLite's json_each reads as one pair of
+    nulls and PostgreSQL's jsonb_each_text refuses outright: only objects are read."""
     if dialect_of(sessions) == "postgresql":
         sql = (
             "SELECT t.key, t.value, count(*) AS n FROM (SELECT tags FROM event "
-            "WHERE group_id = :group_id AND tags IS NOT NULL ORDER BY id DESC LIMIT :sample) e, "
+            "WHERE group_id = :group_id AND jsonb_typeof(tags) = 'object' "
+            "ORDER BY id DESC LIMIT :sample) e, "
             "jsonb_each_text(e.tags) t GROUP BY t.key, t.value"
         )
     else:
         sql = (
             "SELECT t.key, t.value, count(*) AS n FROM (SELECT tags FROM event "
-            "WHERE group_id = :group_id AND tags IS NOT NULL ORDER BY id DESC LIMIT :sample) e, "
+            "WHERE group_id = :group_id AND json_type(tags) = 'object' "
+            "ORDER BY id DESC LIMIT :sample) e, "
             "json_each(e.tags) t GROUP BY t.key, t.value"
         )
     async with sessions() as session:
