@@ -114,6 +114,8 @@ MAX_BODY_BYTES = 256 * 1024
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 OCCURRENCES = 5
+# What a report without `source` is filtered as: backends send none (the document's
+# example has none), and `server` is how the tracker's own UI names the non-browser side.
 DEFAULT_SOURCE = "server"
 # Projects created on first use hash like the service they replace.
 FIRST_USE_STRATEGY = "location"
