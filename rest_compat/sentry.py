@@ -420,20 +420,19 @@ class EnvelopeParser:
                 self._headers = self._header(line, what="envelope header")
                 continue
             if self._item is None:
-                if not self._buffer.strip(b"\r\n"):
-                    # Blank lines between items and at the end carry nothing.
-                    if final or b"\n" in self._buffer:
-                        self._buffer.clear()
+                if not self._buffer:
                     return
                 line = self._line(final=final)
                 if line is None:
                     return
+                # Blank lines between items and at the end carry nothing.
                 if line.strip():
                     self._start_item(line)
                 continue
             if self._remaining is not None:
                 take = min(self._remaining, len(self._buffer))
-                self._keep(self._buffer[:take])
+                if self._payload is not None:
+                    self._keep(self._buffer[:take])
                 del self._buffer[:take]
                 self._remaining -= take
                 if self._remaining:
@@ -454,7 +453,8 @@ class EnvelopeParser:
                 if final:
                     self._end_item()
                 return
-            self._keep(self._buffer[:end])
+            if self._payload is not None:
+                self._keep(self._buffer[:end])
             del self._buffer[: end + 1]
             self._end_item()
 
