@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     )
     # GraphiQL in the browser at /graphql; the API itself is always on.
     graphiql: bool = True
+    # Where the built dashboard is (default: frontend-examples/dashboard/dist).
+    dashboard_dir: str | None = None
     # WebSocket subscriptions: the legacy `graphql-ws` protocol beside
     # `graphql-transport-ws`, seconds to wait for connection_init, operations per socket.
     graphql_ws_legacy: bool = False

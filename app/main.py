@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 
 from app.config import Settings, load_settings
+from app.dashboard import dashboard_routes
 from app.errors import ErrorgraphError, Forbidden
 from app.graphql.context import bearer_secret
 from app.graphql.schema import graphql_app
@@ -110,6 +111,7 @@ def create_app(
         *sentry.routes,
         *error_tracker.routes,
         *infrai.routes,
+        *dashboard_routes(settings),
     ]
     return Starlette(
         routes=routes,
