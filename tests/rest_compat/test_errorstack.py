@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ERRORGRAPH
 from sqlalchemy import select
+from support import ERRORGRAPH
 
 from app.models import Event, Group, LogMessage, utcnow
 from app.services.keys import CreatedProject, create_project_key, revoke_project_key

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ERRORGRAPH
 from sqlalchemy import select
+from support import ERRORGRAPH
 
 from app.models import AffectedUser, Event, Group
 from app.services.keys import CreatedProject, create_project_key, revoke_project_key
