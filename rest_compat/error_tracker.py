@@ -25,13 +25,13 @@ Keys, in `X-API-Key`:
   project's grouping strategy. Reading needs the `read` scope and resolving `write`; an
   ingest key may only report.
 
-Errors, all `{"detail": …}` as the document's own 401 and 503 answers: 401 missing or
-invalid key, 403 a key without the scope or of another project, 404 unknown error id,
-400 a body that is not JSON (or not UTF-8), 413 a body over 256 KB (the document's
-limit, or `ERRORGRAPH_MAX_BODY_BYTES` when lower; gzip, deflate and br bodies are decoded
-within the same limit), 422 a body or query parameter of the wrong type or missing, or
-JSON nested deeper than 64 levels, with `detail` items naming it
-(`["body", "exception_type"]`). Nothing is stored before a
+Errors: the document shows no error bodies, so they take the form errorgraph's other
+dialects use, FastAPI's `{"detail": …}`: 401 missing or invalid key, 403 a key without
+the scope or of another project, 404 unknown error id, 400 a body that is not JSON (or
+not UTF-8), 413 a body over 256 KB (the document's limit, or `ERRORGRAPH_MAX_BODY_BYTES`
+when lower; gzip, deflate and br bodies are decoded within the same limit), 422 a body
+or query parameter of the wrong type or missing, or JSON nested deeper than 64 levels,
+with `detail` items naming it (`["body", "exception_type"]`). Nothing is stored before a
 report passed every check. `limit` above 200 is served as 200; below 1 is 422.
 
 The document's per-IP rate limit (100 requests a minute) is not applied: errorgraph has
