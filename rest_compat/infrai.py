@@ -74,10 +74,10 @@ widens a result:
 
 Resolve, unresolve and ignore take the group from the path; the body the document's
 examples send (`{"error_group_id": "..."}`) is optional and, when its id differs, the
-path wins. `message` with `idempotency_key` (or an `Idempotency-Key` header, on capture
-too) stores the event under an id derived from the key and the project, so the ingest
-service's event-id deduplication makes a repeat answer the first result and store
-nothing new, however many processes take it.
+path wins. `message` with `idempotency_key` (capture takes it too, and both read an
+`Idempotency-Key` header when the body has none) stores the event under an id derived
+from the key and the project, so the ingest service's event-id deduplication makes a
+repeat answer the first result and store nothing new, however many processes take it.
 
 Errors, on every path under `/v1/errors/`, are `{"ok": false, "error": {"code",
 "message", "field"}}` (`field` null when no one field is to blame):
@@ -103,12 +103,17 @@ Mapping onto `EventIn` (dialect `infrai`, timestamp: when received):
 | capture `message` / `exception.message` | exceptions[0].value (`message` too when both differ) |
 | capture `exception.type` | exceptions[0].type |
 | capture `stack` / `exception.stacktrace` | raw_stacktrace (the ingest service parses it) |
-| capture `code` | tags.code |
+| capture `code` | tags.code (over a `code` in `tags`) |
 | capture `level` (default `error`) | level, type `exception` |
 | message `text`, `level` (default `info`) | message, level, type `message` |
 | `tags` | tags |
 | `user_id` | user.id |
 | `release`, `environment` | same |
+
+Levels are the document's five names. The message capability's `environment` is one of
+its three (`production`, `staging`, `development`); capture, which the document gives no
+environment, takes any. Unknown body fields are ignored; a known one of the wrong JSON
+type is refused with its name.
 | `idempotency_key` / `Idempotency-Key` | event_id = sha256(project, key), 32 hex digits |
 """
 
@@ -141,6 +146,7 @@ from app.services import events as event_service
 from app.services import exports as export_service
 from app.services import issues as issue_service
 from app.services import retention as retention_service
+from app.services.common import Sessions
 from app.services.events import EventFilter
 from app.services.ingest import ingest_events
 from app.services.keys import KeyGrant, grant_for_project_key
@@ -211,10 +217,22 @@ def _code_for(exc: ErrorgraphError) -> str:
     return "INVALID_ARGUMENT"
 
 
+def _in_our_words(message: str, field: str | None) -> str:
+    """A service's message with the service's argument names replaced by ours."""
+    renamed = FIELD_NAMES.get(field) if field else None
+    if field and renamed and message.startswith(field + " "):
+        message = renamed + message[len(field) :]
+    for name, ours in FIELD_NAMES.items():
+        if ours and not name.islower():  # camelCase names cannot be ordinary words
+            message = message.replace(name, ours)
+    return message
+
+
 def error_response(exc: ErrorgraphError) -> Response:
     """The one mapping from a domain error to this dialect's answer."""
     field = FIELD_NAMES.get(exc.field, exc.field) if exc.field else None
-    response = _error(status_for(exc), _code_for(exc), exc.message, field)
+    message = _in_our_words(exc.message, exc.field)
+    response = _error(status_for(exc), _code_for(exc), message, field)
     response.headers.update(headers_for(exc))
     return response
 
@@ -371,7 +389,7 @@ class Call:
     grant: KeyGrant
 
     @property
-    def sessions(self) -> Any:
+    def sessions(self) -> Sessions:
         return self.runtime.database.sessions
 
     @property
@@ -603,7 +621,7 @@ def event_filter(call: Call, spec: FilterIn | None, *, search: str | None = None
         text = str(spec.error_group_id).strip()
         if isinstance(spec.error_group_id, bool) or not text.isdigit() or len(text) > 18:
             raise InvalidInput(
-                "filter.error_group_id must be an error group id", field="filter.error_group_id"
+                "filter.error_group_id: must be an error group id", field="filter.error_group_id"
             )
         group_id = int(text)
     return EventFilter(
@@ -661,6 +679,17 @@ def _user(user_id: str | None) -> UserIn | None:
     return UserIn(id=user_id) if user_id else None
 
 
+def _canonical(fields: dict[str, Any], event_id: str | None) -> EventIn:
+    """`EventIn` from checked fields; should it still refuse one, that is the client's
+    input (400), never a server error."""
+    if event_id is not None:
+        fields["event_id"] = event_id
+    try:
+        return EventIn.model_validate(fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
 def capture_event(body: CaptureIn, *, event_id: str | None, ip: str | None) -> EventIn:
     """The capture body → the canonical event (see the mapping table)."""
     exception = body.exception or CaptureException()
@@ -681,9 +710,7 @@ def capture_event(body: CaptureIn, *, event_id: str | None, ip: str | None) -> E
         "dialect": "infrai",
         "client_ip": ip,
     }
-    if event_id is not None:
-        fields["event_id"] = event_id
-    return EventIn(**fields)
+    return _canonical(fields, event_id)
 
 
 def message_event(body: MessageIn, *, event_id: str | None, ip: str | None) -> EventIn:
@@ -698,9 +725,7 @@ def message_event(body: MessageIn, *, event_id: str | None, ip: str | None) -> E
         "dialect": "infrai",
         "client_ip": ip,
     }
-    if event_id is not None:
-        fields["event_id"] = event_id
-    return EventIn(**fields)
+    return _canonical(fields, event_id)
 
 
 async def _store(call: Call, event: EventIn) -> tuple[str, int]:
