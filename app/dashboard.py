@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -24,10 +24,20 @@ def dashboard_dir(settings: Settings) -> Path:
 
 
 def dashboard_routes(settings: Settings) -> list[BaseRoute]:
-    """Routes to add last: they answer every path no other route took."""
+    """`/` and `/assets/…` only: a catch-all would turn every other path's 405 into a 404."""
     directory = dashboard_dir(settings)
-    if (directory / "index.html").is_file():
-        return [Mount("/", app=StaticFiles(directory=directory, html=True), name="dashboard")]
+    index = directory / "index.html"
+    if index.is_file():
+
+        async def page(_request: Request) -> Response:
+            return FileResponse(
+                index, media_type="text/html", headers={"Cache-Control": "no-cache"}
+            )
+
+        routes: list[BaseRoute] = [Route("/", page, methods=["GET", "HEAD"])]
+        if (directory / "assets").is_dir():
+            routes.append(Mount("/assets", app=StaticFiles(directory=directory / "assets")))
+        return routes
 
     async def not_built(_request: Request) -> Response:
         body = (

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import orjson
 from broadcaster import Broadcast
@@ -62,6 +62,15 @@ class BrokerUnavailable(Exception):
     """The pub/sub broker cannot be reached right now."""
 
 
+class Delivery(NamedTuple):
+    """One message as this process received it; `number` is unique per process, so the
+    subscribers of one delivery can tell it apart from a later message about the same ids."""
+
+    channel: str
+    message: dict[str, Any]
+    number: int
+
+
 @dataclass
 class PubSubStats:
     """Counters for metrics: what was delivered, dropped for slow consumers, reconnects."""
@@ -82,19 +91,25 @@ class Subscription:
     channels: frozenset[str]
     limit: int
     stats: PubSubStats
-    queue: deque[tuple[str, dict[str, Any]]] = field(default_factory=deque)
+    queue: deque[Delivery] = field(default_factory=deque)
     dropped: int = 0
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def put(self, channel: str, message: dict[str, Any]) -> None:
+    def put(self, delivery: Delivery) -> None:
         if len(self.queue) >= self.limit:
             self.queue.popleft()
             self.dropped += 1
             self.stats.dropped += 1
-        self.queue.append((channel, message))
+        self.queue.append(delivery)
         self._ready.set()
 
     async def get(self) -> tuple[str, dict[str, Any]]:
+        """The next (channel, message)."""
+        delivery = await self.get_delivery()
+        return delivery.channel, delivery.message
+
+    async def get_delivery(self) -> Delivery:
+        """The next message with its delivery number."""
         while not self.queue:
             self._ready.clear()
             await self._ready.wait()
@@ -191,10 +206,10 @@ class PubSub:
             return
         # Subscribers of this one delivery share reads of it (see the GraphQL layer).
         self._sequence += 1
-        message["_delivery"] = self._sequence
+        delivery = Delivery(channel, message, self._sequence)
         for subscription in list(self._subscriptions):
             if channel in subscription.channels:
-                subscription.put(channel, message)
+                subscription.put(delivery)
                 self.stats.delivered += 1
 
     async def _read(self, broadcast: Broadcast, channel: str, ready: asyncio.Event) -> None:

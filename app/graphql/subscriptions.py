@@ -49,15 +49,17 @@ class GroupChangeType:
 async def _messages(
     info: Info, channel: str, accept: Callable[[dict[str, Any]], bool]
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Messages of `channel` the viewer may see and `accept` keeps, with fresh loaders."""
+    """Messages of `channel` the viewer may see and `accept` keeps, with fresh loaders;
+    each carries `_delivery`, the number that keys the reads its subscribers share."""
     viewer = await info.context.viewer()
     async with info.context.runtime.pubsub.subscribe(channel) as subscription:
         while True:
-            _, message = await subscription.get()
+            delivery = await subscription.get_delivery()
+            message = delivery.message
             if not viewer.can_see(int(message["project_id"])) or not accept(message):
                 continue
             info.context.loaders = Loaders.build(info.context.sessions)
-            yield message
+            yield {**message, "_delivery": delivery.number}
 
 
 class SharedReads:
