@@ -131,7 +131,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.domain.event import EventIn, EventType, ExceptionIn, Level, UserIn
+from app.domain.event import EventIn, EventType, ExceptionIn, Level, UserIn, without_nul
 from app.errors import (
     ErrorgraphError,
     Forbidden,
@@ -146,7 +146,7 @@ from app.services import events as event_service
 from app.services import exports as export_service
 from app.services import issues as issue_service
 from app.services import retention as retention_service
-from app.services.common import Sessions
+from app.services.common import MAX_INT_COLUMN, Sessions
 from app.services.events import EventFilter
 from app.services.ingest import ingest_events
 from app.services.keys import KeyGrant, grant_for_project_key
@@ -398,20 +398,27 @@ class Call:
         assert project_id is not None
         return project_id
 
+    # NUL characters are removed from everything a client sends, as `EventIn` removes
+    # them from events: PostgreSQL cannot take them even as a query parameter, and a
+    # filter must match what was stored.
+
     async def body(self, *, optional: bool = False) -> Any:
         """The JSON body; with `optional`, an empty body reads as `{}`."""
         raw = await read_body(self.request, limit=self.runtime.settings.max_body_bytes)
         if optional and not raw.strip():
             return {}
-        return parse_json(raw)
+        return without_nul(parse_json(raw))
 
     def query(self) -> dict[str, str]:
         params: dict[str, str] = {}
         for name, value in query_pairs(self.request):
             if name in params:
                 raise InvalidInput(f"{name} is given more than once", field=name)
-            params[name] = value
+            params[name] = without_nul(value)
         return params
+
+    def path(self, name: str) -> str:
+        return str(without_nul(self.request.path_params[name]))
 
 
 FORBIDDEN_BY_SCOPE = {
@@ -573,12 +580,21 @@ def _seen_out(seen: issue_service.Seen) -> dict[str, Any]:
 # --- Parameters ----------------------------------------------------------------------
 
 
-def _group_id(value: str | int) -> int:
-    """Our group ids are integers; anything else names no group (404, not 400)."""
+def _as_id(value: str | int) -> int | None:
+    """Our ids are integers that fit their column; anything else names no row."""
     text = str(value).strip()
-    if isinstance(value, bool) or not text.isdigit() or len(text) > 18:
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    number = int(text)
+    return number if number <= MAX_INT_COLUMN else None
+
+
+def _group_id(value: str | int) -> int:
+    """A group id from a path: what names no group is 404, not 400."""
+    group_id = _as_id(value)
+    if group_id is None:
         raise NotFound(f"no error group {value!r}", field="error_group_id")
-    return int(text)
+    return group_id
 
 
 def _limit(params: dict[str, str]) -> int | None:
@@ -586,7 +602,7 @@ def _limit(params: dict[str, str]) -> int | None:
     if raw is None:
         return None
     text = raw.strip()
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+    if not (text.isascii() and text.isdigit() and len(text) <= 3) or not 1 <= int(text) <= MAX_PAGE:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_PAGE}", field="limit")
     return int(text)
 
@@ -606,7 +622,7 @@ def _filter_from_query(params: dict[str, str]) -> FilterIn | None:
             "filter must be URL-encoded JSON, like filter=%7B%22level%22%3A%22error%22%7D",
             field="filter",
         ) from None
-    return _validated(FilterIn, data, prefix="filter")
+    return _validated(FilterIn, without_nul(data), prefix="filter")
 
 
 def event_filter(call: Call, spec: FilterIn | None, *, search: str | None = None) -> EventFilter:
@@ -618,12 +634,11 @@ def event_filter(call: Call, spec: FilterIn | None, *, search: str | None = None
         raise InvalidInput("filter.since: must be before filter.until", field="filter.since")
     group_id = None
     if spec.error_group_id is not None:
-        text = str(spec.error_group_id).strip()
-        if isinstance(spec.error_group_id, bool) or not text.isdigit() or len(text) > 18:
+        group_id = _as_id(spec.error_group_id)
+        if group_id is None:
             raise InvalidInput(
                 "filter.error_group_id: must be an error group id", field="filter.error_group_id"
             )
-        group_id = int(text)
     return EventFilter(
         visible=frozenset({call.project_id}),
         project_id=call.project_id,
@@ -787,7 +802,7 @@ async def search_events(call: Call) -> dict[str, Any]:
 
 
 async def get_event(call: Call) -> dict[str, Any]:
-    ref = call.request.path_params["event_id"]
+    ref = call.path("event_id")
     event = await event_service.event_by_ref(
         sessions=call.sessions, ref=ref, visible=frozenset({call.project_id})
     )
@@ -796,7 +811,7 @@ async def get_event(call: Call) -> dict[str, Any]:
 
 async def group_events(call: Call) -> dict[str, Any]:
     params = call.query()
-    group = await _own_group(call, call.request.path_params["error_group_id"])
+    group = await _own_group(call, call.path("error_group_id"))
     where = EventFilter(
         visible=frozenset({call.project_id}), project_id=call.project_id, group_id=group.id
     )
@@ -834,7 +849,7 @@ async def list_groups(call: Call) -> dict[str, Any]:
 
 
 async def group_detail(call: Call) -> dict[str, Any]:
-    group = await _own_group(call, call.request.path_params["error_group_id"])
+    group = await _own_group(call, call.path("error_group_id"))
     sessions = call.sessions
     latest = await event_service.latest_events_by_group(sessions=sessions, group_ids=[group.id])
     tags = await issue_service.group_tags(sessions=sessions, group_id=group.id)
@@ -858,7 +873,7 @@ async def group_detail(call: Call) -> dict[str, Any]:
 async def _path_group(call: Call) -> Any:
     """The group a status change names in its path, after checking the optional body."""
     _validated(GroupRefIn, await call.body(optional=True))
-    return await _own_group(call, call.request.path_params["error_group_id"])
+    return await _own_group(call, call.path("error_group_id"))
 
 
 async def resolve(call: Call) -> dict[str, Any]:
@@ -886,7 +901,7 @@ async def ignore(call: Call) -> dict[str, Any]:
 
 
 async def delete(call: Call) -> dict[str, Any]:
-    group = await _own_group(call, call.request.path_params["error_group_id"])
+    group = await _own_group(call, call.path("error_group_id"))
     await issue_service.delete_group(
         sessions=call.sessions, group_id=group.id, pubsub=call.runtime.pubsub
     )
@@ -898,8 +913,8 @@ async def bulk(call: Call) -> dict[str, Any]:
     sent = list(dict.fromkeys(str(value).strip() for value in body.error_group_ids))
     parsed: dict[str, int] = {}
     for text in sent:
-        if text.isdigit() and len(text) <= 18:
-            parsed[text] = int(text)
+        if (group_id := _as_id(text)) is not None:
+            parsed[text] = group_id
     outcome = await issue_service.bulk_update_groups(
         sessions=call.sessions,
         ids=list(parsed.values()),

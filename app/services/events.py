@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.errors import NotFound
 from app.models import Event
-from app.services.common import Sessions, dialect_of
+from app.services.common import MAX_INT_COLUMN, Sessions, dialect_of
 from app.services.pagination import Page, after_clause, build_page, decode_cursor, page_size
 from app.services.search import event_search_clause
 
@@ -123,7 +123,7 @@ async def event_by_ref(*, sessions: Sessions, ref: str, visible: frozenset[int] 
     if "-" in ref:
         candidates.append(ref.replace("-", ""))
     clauses = [Event.event_id.in_(candidates)]  # type: ignore[attr-defined]
-    if ref.isdigit() and len(ref) < 19:
+    if ref.isascii() and ref.isdigit() and len(ref) <= 10 and int(ref) <= MAX_INT_COLUMN:
         clauses.append(Event.id == int(ref))
     query = select(Event).where(sa.or_(*clauses), *conditions).order_by(Event.id).limit(2)
     async with sessions() as session:

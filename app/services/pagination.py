@@ -17,6 +17,7 @@ import orjson
 import sqlalchemy as sa
 
 from app.errors import InvalidInput
+from app.services.common import MAX_INT_COLUMN
 
 T = TypeVar("T")
 
@@ -50,24 +51,42 @@ def encode_cursor(order: str, value: Any, row_id: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT_COLUMN
+
+
+def _not_a_cursor() -> InvalidInput:
+    return InvalidInput(
+        "after is not a cursor of this list (cursors only work with the same sort)",
+        field="after",
+    )
+
+
 def decode_cursor(cursor: str, order: str) -> tuple[Any, int]:
+    """The (sort value, id) of `cursor`. Cursors travel through clients, so one that was
+    altered is refused (here and in `after_clause`) rather than reaching the database as
+    a value it cannot bind."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         kind, value, row_id = orjson.loads(base64.urlsafe_b64decode(padded))
         if isinstance(value, dict):
             value = datetime.fromisoformat(value["t"])
-        if kind != order or not isinstance(row_id, int):
+        elif not _is_int(value):
+            raise ValueError
+        if kind != order or not _is_int(row_id):
             raise ValueError
     except (ValueError, TypeError, KeyError, binascii.Error, orjson.JSONDecodeError):
-        raise InvalidInput(
-            "after is not a cursor of this list (cursors only work with the same sort)",
-            field="after",
-        ) from None
+        raise _not_a_cursor() from None
     return value, row_id
 
 
 def after_clause(column: Any, id_column: Any, value: Any, row_id: int) -> Any:
-    """Rows after (value, id) in descending order of both."""
+    """Rows after (value, id) in descending order of both; a value of another type than
+    the column's (a count where a time belongs) is not a cursor of this list."""
+    # `decode_cursor` made the value a time or an integer: it must be what the column holds.
+    column_type = getattr(column.type, "impl", column.type)  # under a TypeDecorator
+    if isinstance(value, datetime) != isinstance(column_type, sa.DateTime):
+        raise _not_a_cursor()
     return sa.or_(column < value, sa.and_(column == value, id_column < row_id))
 
 

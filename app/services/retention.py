@@ -13,6 +13,7 @@ from app.models import Project, RetentionPolicy, utcnow
 from app.services.common import Sessions
 
 MAX_DAYS = 3650
+MAX_DESTINATION = 1000  # the column's length
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ async def get_retention(
 def _check_destination(destination: str | None) -> None:
     if destination is None:
         return
+    if len(destination) > MAX_DESTINATION:
+        raise InvalidInput(
+            f"exportDestination is longer than {MAX_DESTINATION} characters",
+            field="exportDestination",
+        )
     parts = urlsplit(destination)
     if parts.scheme != "file" or not parts.path.startswith("/"):
         raise InvalidInput(

@@ -4,6 +4,7 @@ and its Python program run by Python against a real server."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -1238,3 +1239,80 @@ def test_document_python_program_runs(live_server, tmp_path):
         answers["errors.message"]["error_id"],
         answers["errors.capture"]["error_id"],
     ]
+
+
+# --- odd input never reaches the database as something it refuses --------------------
+
+
+def forged_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode().rstrip("=")
+
+
+ODD_READS = [
+    ("/list", {"cursor": forged_cursor("EVENTS_NEWEST", "abc", 1)}, 400),
+    ("/list", {"cursor": forged_cursor("EVENTS_NEWEST", 5, 1)}, 400),
+    ("/list", {"cursor": forged_cursor("EVENTS_NEWEST", None, 1)}, 400),
+    ("/list", {"cursor": forged_cursor("EVENTS_NEWEST", {"t": "2026-01-01"}, 10**30)}, 400),
+    ("/list", {"cursor": forged_cursor("EVENTS_NEWEST", {"t": "2026-01-01"}, 2**40)}, 400),
+    ("/groups", {"sort": "count_desc", "cursor": forged_cursor("COUNT_DESC", "x", 1)}, 400),
+    ("/groups", {"sort": "count_desc", "cursor": forged_cursor("COUNT_DESC", 10**40, 1)}, 400),
+    ("/groups", {"cursor": forged_cursor("LAST_SEEN_DESC", 3, 1)}, 400),
+    ("/list", {"limit": "9" * 30}, 400),
+    ("/list", {"limit": "²"}, 400),
+    ("/groups", {"limit": "1" * 5000}, 400),
+    ("/list", {"filter": json.dumps({"since": 10**20})}, 400),
+    ("/list", {"filter": json.dumps({"since": "9999-12-31T23:59:59Z"})}, 200),
+    ("/list", {"filter": json.dumps({"error_group_id": 10**30})}, 400),
+    ("/list", {"filter": json.dumps({"error_group_id": 2**31})}, 400),
+    ("/list", {"filter": json.dumps({"tags": {"a\x00b": "c", "'\"$.x": "y"}})}, 200),
+    ("/list", {"filter": json.dumps({"environment": "a\x00b", "release": "r" * 5000})}, 200),
+    ("/search", {"q": "x\x00y " * 100}, 200),
+    ("/get/a%00b", None, 404),
+    ("/get/" + "9" * 18, None, 404),
+    ("/get/" + "9" * 200, None, 404),
+    ("/get/2147483648", None, 404),
+    ("/get/" + "1" * 5000, None, 404),
+    ("/get/²", None, 404),
+    ("/group_detail/²", None, 404),
+    ("/events/٣", None, 404),
+    ("/list", {"filter": json.dumps({"error_group_id": "²"})}, 400),
+    ("/group_detail/2147483648", None, 404),
+    ("/events/" + "9" * 18, None, 404),
+]
+
+
+@BOTH_DATABASES
+async def test_odd_reads_get_4xx_never_500(api: Infrai):
+    await capture_one(api)
+    for path, params, status in ODD_READS:
+        response = await api.call("GET", path, params=params)
+        assert response.status_code == status, (path, params, response.text)
+
+
+@BOTH_DATABASES
+async def test_odd_writes_get_4xx_or_are_cleaned(api: Infrai):
+    ids = await _target(api)
+    nul = await api.ok(
+        "POST",
+        "/message",
+        json={"text": "a\x00b", "tags": {"k\x00": "v\x00"}, "user_id": "\x00u", "release": "1"},
+    )
+    event = await api.ok("GET", f"/get/{nul['error_id']}")
+    assert (event["message"], event["tags"], event["user_id"]) == ("ab", {"k": "v"}, "u")
+    long = {"message": "x", "user_id": "u" * 1000, "release": "r" * 1000, "environment": "e" * 999}
+    captured = await api.ok("POST", "/capture", json=long)
+    event = await api.ok("GET", f"/get/{captured['error_id']}")
+    assert len(event["user_id"]) == len(event["release"]) == len(event["environment"]) == 200
+    bulk = await api.ok(
+        "POST",
+        "/bulk",
+        json={"error_group_ids": [2**31, "9" * 18, ids["group"]], "action": "resolve"},
+    )
+    assert bulk["updated"] == [ids["group"]] and len(bulk["failed"]) == 2
+    for body, field in [
+        ({"days": 10**30}, "days"),
+        ({"days": 5, "export_destination": "file:///" + "a" * 2000}, "export_destination"),
+    ]:
+        response = await api.call("PUT", "/retention/set", json=body)
+        error = assert_error(response, 400, "INVALID_ARGUMENT", field)
+        assert "exportDestination" not in error["message"]
