@@ -4,6 +4,7 @@ and its Python program run by Python against a real server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
@@ -307,6 +308,15 @@ async def test_message_idempotency_key_returns_the_first_result(api, app_client,
     no_key = await api.ok("POST", "/message", json={"text": "nightly job failed"})
     assert no_key["error_id"] not in {first["error_id"], other_key["error_id"]}
     assert await stored_count(app_client, app_project) == 3
+
+
+async def test_concurrent_repeats_of_an_idempotency_key_store_one_event(
+    api, app_client, app_project
+):
+    body = {"text": "webhook retried", "idempotency_key": "delivery-981"}
+    answers = await asyncio.gather(*[api.ok("POST", "/message", json=body) for _ in range(8)])
+    assert all(answer == answers[0] for answer in answers)
+    assert await stored_count(app_client, app_project) == 1
 
 
 async def test_idempotency_key_header_on_capture_and_message(api, app_client, app_project):
@@ -1036,6 +1046,11 @@ async def test_wrong_method_is_405_in_the_documented_shape(api, method, path, al
 async def test_unknown_paths_are_404_in_the_documented_shape(api: Infrai, path):
     error = assert_error(await api.call("GET", path), 404, "NOT_FOUND", None)
     assert "no capability" in error["message"]
+
+
+async def test_head_answers_like_get_without_a_body(api: Infrai):
+    response = await api.call("HEAD", "/retention/get")
+    assert response.status_code == 200 and response.content == b""
 
 
 async def test_options_lists_the_method(app_client):
