@@ -8,9 +8,11 @@ from datetime import datetime
 import strawberry
 
 from app.errors import Forbidden, NotFound
+from app.services import client_reports as client_report_service
 from app.services import events as event_service
 from app.services import issues as issue_service
 from app.services import keys as key_service
+from app.services import logs as log_service
 from app.services import people as people_service
 from app.services import retention as retention_service
 from app.services.events import EventFilter
@@ -20,12 +22,14 @@ from .context import Info
 from .types import (
     AccountType,
     AffectedUserType,
+    ClientReportTotalType,
     Connection,
     EventType,
     GroupSortEnum,
     GroupStatusEnum,
     GroupType,
     LevelEnum,
+    LogMessageType,
     ProjectKeyType,
     ProjectType,
     RetentionType,
@@ -217,6 +221,34 @@ class Query:
             return None
         await info.context.require("read", row.project_id)
         return AccountType.from_row(row)
+
+    @strawberry.field(
+        description="The project's short-lived log (ErrorStack /log): the last 10 messages "
+        "of each key, for at most an hour, oldest first."
+    )
+    async def logs(self, info: Info, project_id: strawberry.ID) -> list[LogMessageType]:
+        parsed = await readable_project(info, project_id)
+        assert parsed is not None
+        rows = await log_service.project_log_messages(
+            sessions=info.context.sessions, project_id=parsed
+        )
+        return [LogMessageType.from_row(row) for row in rows]
+
+    @strawberry.field(
+        description="What the project's SDKs dropped before sending, per reason and category."
+    )
+    async def client_reports(
+        self, info: Info, project_id: strawberry.ID, since: datetime | None = None
+    ) -> list[ClientReportTotalType]:
+        parsed = await readable_project(info, project_id)
+        assert parsed is not None
+        totals = await client_report_service.client_report_totals(
+            sessions=info.context.sessions, project_id=parsed, since=since
+        )
+        return [
+            ClientReportTotalType(reason=t.reason, category=t.category, quantity=t.quantity)
+            for t in totals
+        ]
 
     @strawberry.field(description="The retention policy of a project, or the server's.")
     async def retention(self, info: Info, project_id: strawberry.ID | None = None) -> RetentionType:

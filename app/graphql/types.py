@@ -644,3 +644,34 @@ class RetentionType:
             export_destination=value.export_destination,
             is_default=value.is_default,
         )
+
+
+@strawberry.type(name="LogMessage", description="A message of the ErrorStack log (/log).")
+class LogMessageType:
+    id: strawberry.ID
+    project_key_id: strawberry.ID
+    created_at: datetime
+    level: str | None
+    message: str
+    data: JSON | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> LogMessageType:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            project_key_id=strawberry.ID(str(row.project_key_id)),
+            created_at=row.created_at,
+            level=row.level,
+            message=row.message,
+            data=row.data,
+        )
+
+
+@strawberry.type(
+    name="ClientReportTotal",
+    description="Items an SDK dropped before sending (Sentry client reports), summed.",
+)
+class ClientReportTotalType:
+    reason: str
+    category: str
+    quantity: int

@@ -471,3 +471,22 @@ def test_html_form_and_beacon_over_real_http(live_server, tmp_path):
         ("Error loading script",),
         (None,),
     ]
+
+
+async def test_log_through_graphql(app_client, app_project: CreatedProject):
+    """The GraphQL `logs(projectId)` query shows what /log keeps."""
+    for text in ("deploy started", "deploy finished"):
+        response = await app_client.http.get(
+            "/log", params={"_s": app_project.ingest_key.secret, "_r": "json", "Msg": text}
+        )
+        assert response.status_code == 200, response.text
+    response = await app_client.http.post(
+        "/graphql",
+        json={
+            "query": "query($p: ID!) { logs(projectId: $p) { message createdAt } }",
+            "variables": {"p": str(app_project.project.id)},
+        },
+        headers={"Authorization": f"Bearer {app_project.token.secret}"},
+    )
+    logs = response.json()["data"]["logs"]
+    assert [entry["message"] for entry in logs] == ["deploy started", "deploy finished"]
