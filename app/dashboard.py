@@ -16,15 +16,31 @@ from starlette.staticfiles import StaticFiles
 
 from app.config import Settings
 
-SOURCE = Path(__file__).resolve().parent.parent / "frontend-examples" / "dashboard"
+EXAMPLES = Path(__file__).resolve().parent.parent / "frontend-examples"
+SOURCE = EXAMPLES / "dashboard"
+GRAPHIQL_ASSETS = EXAMPLES / "graphiql" / "dist"
+GRAPHIQL_ASSETS_PATH = "/graphiql-assets"
 
 
 def dashboard_dir(settings: Settings) -> Path:
     return Path(settings.dashboard_dir) if settings.dashboard_dir else SOURCE / "dist"
 
 
+def graphiql_assets_available() -> bool:
+    """Whether GraphiQL's files were built (frontend-examples/graphiql: npm ci && npm run build)."""
+    return (GRAPHIQL_ASSETS / "graphiql.min.js").is_file()
+
+
 def dashboard_routes(settings: Settings) -> list[BaseRoute]:
-    """`/` and `/assets/…` only: a catch-all would turn every other path's 405 into a 404."""
+    """`/` and `/assets/…` only: a catch-all would turn every other path's 405 into a 404.
+    GraphiQL's own files are served under /graphiql-assets/ when built."""
+    extra: list[BaseRoute] = []
+    if graphiql_assets_available():
+        extra.append(Mount(GRAPHIQL_ASSETS_PATH, app=StaticFiles(directory=GRAPHIQL_ASSETS)))
+    return extra + _dashboard(settings)
+
+
+def _dashboard(settings: Settings) -> list[BaseRoute]:
     directory = dashboard_dir(settings)
     index = directory / "index.html"
     if index.is_file():

@@ -65,6 +65,13 @@ class ErrorCodes(MaskErrors):
             if original.field:
                 extensions["field"] = original.field
             return self._with(error, original.message, extensions)
+        if isinstance(original, TypeError) and "non-nullable field Subscription." in str(original):
+            # A subscription sent over plain HTTP: nothing to stream it to.
+            return self._with(
+                error,
+                "subscriptions run over WebSocket (graphql-transport-ws) at /graphql",
+                {"code": "BAD_USER_INPUT"},
+            )
         log.error("unexpected error in GraphQL resolver", exc_info=original)
         return self._with(error, self.error_message, {"code": "INTERNAL_SERVER_ERROR"})
 

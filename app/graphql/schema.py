@@ -13,7 +13,7 @@ from typing import Any
 import strawberry
 from graphql.error import GraphQLError
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -27,6 +27,7 @@ from app.services.runtime import Runtime
 
 from .context import Context, Loaders, bearer_secret
 from .errors import ErrorCodes
+from .ide import graphiql_page
 from .mutations import Mutation
 from .queries import Query
 from .subscriptions import Subscription
@@ -68,6 +69,12 @@ class GraphQLApp(GraphQL[Context, None]):
     On WebSocket, the secret comes from the `connection_init` payload
     (`{"Authorization": "Bearer …"}`); no or bad credentials close the socket with 4403.
     """
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        page = graphiql_page()
+        if page is None:
+            return await super().render_graphql_ide(request)
+        return HTMLResponse(page)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         params = context.connection_params or {}

@@ -148,3 +148,9 @@ async def test_graphiql_can_be_switched_off(settings, graphiql: bool):
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             page = await http.get("/graphql", headers={"Accept": "text/html"})
     assert page.status_code == 404
+
+
+async def test_subscription_over_http_is_refused_clearly(gql: GQL):
+    error = await gql.error("subscription { groupCreated { id } }")
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "WebSocket" in error["message"]
