@@ -21,7 +21,7 @@ from app.graphql.schema import graphql_app
 from app.services.exports import export_chunks, export_filter, get_export_request
 from app.services.keys import viewer_for_secret
 from app.services.runtime import Runtime
-from rest_compat import error_tracker, errorstack, infrai, proliferate, retack, sentry
+from rest_compat import airbrake, error_tracker, errorstack, infrai, proliferate, retack, sentry
 from rest_compat.common import JSONOut, error_response, runtime_of
 
 log = logging.getLogger("errorgraph")
@@ -111,6 +111,7 @@ def create_app(
         *sentry.routes,
         *error_tracker.routes,
         *infrai.routes,
+        *airbrake.routes,
         *dashboard_routes(settings),
     ]
     return Starlette(
