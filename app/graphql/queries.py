@@ -15,6 +15,7 @@ from app.services import keys as key_service
 from app.services import logs as log_service
 from app.services import people as people_service
 from app.services import retention as retention_service
+from app.services.common import MAX_INT_COLUMN
 from app.services.events import EventFilter
 from app.services.issues import GroupFilter
 
@@ -43,7 +44,7 @@ def parse_id(value: strawberry.ID | str | None, field: str) -> int | None:
     if value is None:
         return None
     text = str(value).strip()
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_INT_COLUMN:
         raise NotFound(f"no such {field}: {value!r}", field=field)
     return int(text)
 

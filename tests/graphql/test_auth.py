@@ -154,3 +154,9 @@ async def test_subscription_over_http_is_refused_clearly(gql: GQL):
     error = await gql.error("subscription { groupCreated { id } }")
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
     assert "WebSocket" in error["message"]
+
+
+@pytest.mark.parametrize("ref", ["99999999999", "²", "-1", "1e3"])
+async def test_ids_that_cannot_name_a_row(gql: GQL, ref: str):
+    error = await gql.error("mutation($id: ID!) { resolveGroup(id: $id) { id } }", {"id": ref})
+    assert error["extensions"] == {"code": "NOT_FOUND", "field": "id"}
