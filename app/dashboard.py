@@ -27,7 +27,8 @@ def dashboard_dir(settings: Settings) -> Path:
 
 
 def graphiql_assets_available() -> bool:
-    """Whether GraphiQL's files were built (frontend-examples/graphiql: npm install && npm run build)."""
+    """Whether GraphiQL's files were built (in frontend-examples/graphiql:
+    npm install && npm run build)."""
     return (GRAPHIQL_ASSETS / "graphiql.min.js").is_file()
 
 
@@ -60,8 +61,9 @@ def _dashboard(settings: Settings) -> list[BaseRoute]:
             "<!doctype html><meta charset=utf-8><title>errorgraph</title>"
             "<h1>errorgraph is running</h1>"
             f"<p>The dashboard is not built: no <code>{escape(str(directory))}/index.html</code>."
-            "<p>Build it with <code>cd frontend-examples/dashboard &amp;&amp; npm install &amp;&amp; "
-            "npm run build</code> (or run <code>./scripts/run</code> with npm installed), "
+            "<p>Build it with <code>cd frontend-examples/dashboard &amp;&amp; "
+            "npm install &amp;&amp; npm run build</code> "
+            "(or run <code>./scripts/run</code> with npm installed), "
             "or point <code>ERRORGRAPH_DASHBOARD_DIR</code> at a build."
             "<p>The API is at <a href=/graphql>/graphql</a>."
         )
