@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -119,15 +120,21 @@ def measure(
 def errorgraph(
     *, workers: int = 1, database: str | None = None, redis: str | None = None
 ) -> ServerFactory:
-    def factory(workdir: Path) -> AbstractContextManager[servers.Server]:
+    @contextlib.contextmanager
+    def factory(workdir: Path) -> Iterator[servers.Server]:
         url = servers.fresh_postgres_database(database) if database else None
-        return servers.errorgraph_server(
-            workdir,
-            database_url=url,
-            broadcast_url=redis or "memory://",
-            workers=workers,
-            extra_env=NO_CLIENT_LIMITS,
-        )
+        try:
+            with servers.errorgraph_server(
+                workdir,
+                database_url=url,
+                broadcast_url=redis or "memory://",
+                workers=workers,
+                extra_env=NO_CLIENT_LIMITS,
+            ) as server:
+                yield server
+        finally:
+            if url is not None:
+                servers.drop_postgres_database(url)
 
     return factory
 

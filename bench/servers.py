@@ -145,6 +145,19 @@ def fresh_postgres_database(url: str) -> str:
     return url.rpartition("/")[0] + "/" + name
 
 
+def drop_postgres_database(url: str) -> None:
+    import asyncpg
+
+    admin, _, name = url.rpartition("/")
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin + "/postgres")
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    asyncio.run(drop())
+
+
 def errorgraph_env(
     workdir: Path, *, database_url: str | None = None, broadcast_url: str = "memory://"
 ) -> dict[str, str]:
