@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy import select
 
 from app.errors import NotFound
-from app.models import Event
+from app.models import Event, Group
 from app.services.common import MAX_INT_COLUMN, Sessions, dialect_of
 from app.services.pagination import Page, after_clause, build_page, decode_cursor, page_size
 from app.services.search import event_search_clause
@@ -40,10 +40,25 @@ class EventFilter:
 
 def event_conditions(sessions: Sessions, where: EventFilter) -> list[Any]:
     conditions: list[Any] = []
-    if where.visible is not None:
-        conditions.append(Event.project_id.in_(sorted(where.visible)))  # type: ignore[attr-defined]
+    if where.group_id is not None:
+        # The project is checked on the group's row, not on event.project_id: a condition
+        # on that column lets SQLite (which keeps no statistics unless ANALYZE ran) walk
+        # the project's whole time index for a group's few events, seconds at 1M events.
+        project_checks = []
+        if where.visible is not None:
+            project_checks.append(Group.project_id.in_(sorted(where.visible)))  # type: ignore[attr-defined]
+        if where.project_id is not None:
+            project_checks.append(Group.project_id == where.project_id)
+        if project_checks:
+            conditions.append(
+                sa.exists().where(Group.id == where.group_id, *project_checks).correlate(None)
+            )
+    else:
+        if where.visible is not None:
+            conditions.append(Event.project_id.in_(sorted(where.visible)))  # type: ignore[attr-defined]
+        if where.project_id is not None:
+            conditions.append(Event.project_id == where.project_id)
     pairs = [
-        (where.project_id, Event.project_id),
         (where.group_id, Event.group_id),
         (where.level, Event.level),
         (where.environment, Event.environment),
