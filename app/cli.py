@@ -174,6 +174,105 @@ def project_list(
                 typer.echo(f"{row['id']:>5}  {row['slug']:<30} {row['name']}")
 
 
+def _events_limit(value: str | None, option: str) -> int | key_service.Keep | None:
+    """`--events-per-minute N` (0: no limit) or `default` (the server's)."""
+    if value is None:
+        return key_service.KEEP
+    if value.strip().lower() == "default":
+        return None
+    if not value.strip().isdigit():
+        raise CliError(f"{option} takes a number (0: no limit) or 'default' (got {value!r})")
+    return int(value)
+
+
+def _project_settings_json(project: Any) -> dict[str, Any]:
+    return {
+        "id": project.id,
+        "slug": project.slug,
+        "name": project.name,
+        "scrub_fields": list(project.scrub_fields or []),
+        "scrub_ip_addresses": project.scrub_ip_addresses,
+        "events_per_minute": project.events_per_minute,
+        "events_per_hour": project.events_per_hour,
+    }
+
+
+def _limit_text(value: int | None, default: int | None) -> str:
+    if value is None:
+        return f"server default ({default or 'no limit'})"
+    return str(value) if value else "no limit"
+
+
+@project_cli.command("update")
+def project_update(
+    project: Annotated[str, typer.Argument(help="Project id or slug.")],
+    scrub_fields: Annotated[
+        str | None,
+        typer.Option(
+            help="Key names to filter on top of the built-in ones, comma-separated ('' for none).",
+        ),
+    ] = None,
+    scrub_ip_addresses: Annotated[
+        bool | None,
+        typer.Option(
+            "--scrub-ip-addresses/--keep-ip-addresses",
+            help="Drop client IP addresses before storage, or keep them.",
+        ),
+    ] = None,
+    events_per_minute: Annotated[
+        str | None,
+        typer.Option(help="Events a project key may send a minute: N (0: no limit) or default."),
+    ] = None,
+    events_per_hour: Annotated[
+        str | None,
+        typer.Option(help="Events a project key may send an hour: N (0: no limit) or default."),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Change a project's scrubbing and quotas; options left out stay as they are."""
+    with _one_line_errors():
+        settings = _settings()
+        per_minute = _events_limit(events_per_minute, "--events-per-minute")
+        per_hour = _events_limit(events_per_hour, "--events-per-hour")
+        fields: list[str] | key_service.Keep | None = key_service.KEEP
+        if scrub_fields is not None:
+            fields = [part for part in scrub_fields.split(",") if part.strip()]
+
+        async def work(db: Database) -> Any:
+            found = await key_service.project_by_id_or_slug(sessions=db.sessions, ref=project)
+            assert found.id is not None
+            return await key_service.update_project_settings(
+                sessions=db.sessions,
+                project_id=found.id,
+                scrub_fields=fields,
+                scrub_ip_addresses=key_service.KEEP
+                if scrub_ip_addresses is None
+                else scrub_ip_addresses,
+                events_per_minute=per_minute,
+                events_per_hour=per_hour,
+            )
+
+        info = _project_settings_json(_with_database(settings, work))
+        if json:
+            _emit_json(info)
+            return
+        typer.echo(f"Project {info['name']!r}: id {info['id']}, slug {info['slug']}")
+        typer.echo(
+            f"  Scrubbed fields (besides the built-in): {', '.join(info['scrub_fields']) or 'none'}"
+        )
+        typer.echo(
+            "  Client IP addresses: " + ("dropped" if info["scrub_ip_addresses"] else "stored")
+        )
+        typer.echo(
+            "  Events per key a minute: "
+            + _limit_text(info["events_per_minute"], settings.events_per_minute)
+        )
+        typer.echo(
+            "  Events per key an hour: "
+            + _limit_text(info["events_per_hour"], settings.events_per_hour)
+        )
+
+
 @key_cli.command("create")
 def key_create(
     project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from limits import parse_many
 from pydantic import (
     AliasChoices,
     Field,
@@ -28,6 +29,10 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/errorgraph.db"
+# Requests a minute per client address: the Error Tracker's is its document's ("100
+# requests/minute per IP"); the others are errorgraph's, high enough for a busy backend
+# behind one address.
+DEFAULT_CLIENT_RATE_LIMITS = {"default": "1200/minute", "error_tracker": "100/minute"}
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
@@ -86,6 +91,19 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_batch_events: int = Field(default=100, ge=1, le=10_000)
 
+    # Rate limits (app/services/quotas.py; counted in Redis when broadcast_url is Redis, so
+    # they hold across processes). Requests per client address and dialect, in the
+    # `limits` notation ("100/minute", "10/second;1000/hour"); "" turns a dialect's limit
+    # off, and a dialect not named takes "default". From the environment as JSON, merged
+    # over the defaults: ERRORGRAPH_CLIENT_RATE_LIMITS='{"error_tracker": "300/minute"}'.
+    client_rate_limits: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_CLIENT_RATE_LIMITS)
+    )
+    # Events per project key (per project for events sent without one) and minute or
+    # hour, unless the project sets its own; None or 0: no limit.
+    events_per_minute: int | None = Field(default=None, ge=0)
+    events_per_hour: int | None = Field(default=None, ge=0)
+
     # The batch writer: how many events one transaction takes at most, and how long the
     # first caller waits for others to join (milliseconds). Larger batches raise
     # throughput on SQLite; the wait bounds the latency it costs.
@@ -107,6 +125,20 @@ class Settings(BaseSettings):
             "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// (got scheme "
             f"{scheme or 'none'!r})"
         )
+
+    @field_validator("client_rate_limits")
+    @classmethod
+    def _known_rate_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        merged = {**DEFAULT_CLIENT_RATE_LIMITS, **value}
+        for dialect, text in merged.items():
+            if text.strip():
+                try:
+                    parse_many(text)
+                except ValueError:
+                    raise ValueError(
+                        f"{dialect}: {text!r} is not a rate limit like 100/minute"
+                    ) from None
+        return merged
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -34,11 +34,14 @@ class PayloadTooLarge(ErrorgraphError):
 
 
 class QuotaExceeded(ErrorgraphError):
-    """Too many requests; `retry_after` says when to come back (seconds)."""
+    """Too many requests; `retry_after` says when to come back (seconds). `scope` is what
+    was counted: `ip` (requests from one client address), `key` or `project` (events),
+    for protocols that describe limits in detail (Sentry's X-Sentry-Rate-Limits)."""
 
-    def __init__(self, message: str, *, retry_after: int = 60) -> None:
+    def __init__(self, message: str, *, retry_after: int = 60, scope: str = "ip") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.scope = scope
 
 
 class Unavailable(ErrorgraphError):

@@ -114,6 +114,15 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+async def limit_client(request: Request, *, dialect: str) -> None:
+    """Count this request against its client address's limit for `dialect` (see
+    `app.services.quotas`); QuotaExceeded past it. Every dialect endpoint calls it first,
+    before reading the body or looking up a key."""
+    quotas = runtime_of(request).quotas
+    if quotas is not None:
+        await quotas.check_client(dialect=dialect, address=client_ip(request))
+
+
 # --- Shared by the dialects that take form and query parameters (Retack, ErrorStack) ---
 
 MAX_FORM_FIELDS = 200

@@ -34,8 +34,10 @@ or query parameter of the wrong type or missing, or JSON nested deeper than 64 l
 with `detail` items naming it (`["body", "exception_type"]`). Nothing is stored before a
 report passed every check. `limit` above 200 is served as 200; below 1 is 422.
 
-The document's per-IP rate limit (100 requests a minute) is not applied: errorgraph has
-no per-IP limiter, and batching clients behind one address would lose reports to it.
+Rate limits: the document's 100 requests a minute per client address hold for every
+endpoint above (the `error_tracker` entry of `ERRORGRAPH_CLIENT_RATE_LIMITS` changes it;
+clients batching behind one address may need more), answered 429 `{"detail": …}` with
+`Retry-After`; so do the quotas of a project key (see `app.services.quotas`).
 
 Mapping onto `EventIn` (`dialect="error_tracker"`, type `exception`, level `error`):
 
@@ -102,6 +104,7 @@ from rest_compat.common import (
     browser_route,
     client_ip,
     error_response,
+    limit_client,
     parse_json,
     query_pairs,
     read_decoded_body,
@@ -109,6 +112,7 @@ from rest_compat.common import (
     validation_details,
 )
 
+DIALECT = "error_tracker"
 # "256KB max request body" (the document's rate limits section).
 MAX_BODY_BYTES = 256 * 1024
 DEFAULT_LIMIT = 50
@@ -325,7 +329,7 @@ def to_event(report: ErrorReport, *, ip: str | None) -> EventIn:
         user=UserIn(id=str(report.user_id)) if report.user_id is not None else None,
         extra=report.extra or {},
         tags={"source": report.source or DEFAULT_SOURCE},
-        dialect="error_tracker",
+        dialect=DIALECT,
         client_ip=ip,
     )
 
@@ -350,6 +354,7 @@ async def report_error(request: Request) -> Response:
     runtime = runtime_of(request)
     limit = min(MAX_BODY_BYTES, runtime.settings.max_body_bytes)
     try:
+        await limit_client(request, dialect=DIALECT)
         raw = await read_decoded_body(request, limit=limit, decoded_limit=limit)
         caller = await _caller(request, "ingest")
         body = parse_json(raw)
@@ -376,7 +381,12 @@ async def report_error(request: Request) -> Response:
         except ValidationError as exc:
             return _unprocessable(validation_details(exc, prefix=("body",)))
         project = await _report_project(request, caller, report)
-        [result] = await ingest_events(writer=runtime.writer, project=project, events=[event])
+        [result] = await ingest_events(
+            writer=runtime.writer,
+            project=project,
+            events=[event],
+            key_id=caller.key_id if caller is not None else None,
+        )
         group = await get_group(sessions=runtime.database.sessions, group_id=result.group_id)
     except ErrorgraphError as exc:
         return _fail(exc)
@@ -417,6 +427,7 @@ async def _project_filter(
 async def list_errors(request: Request) -> Response:
     sessions = runtime_of(request).database.sessions
     try:
+        await limit_client(request, dialect=DIALECT)
         caller = await _caller(request, "read")
         try:
             query = _list_query(request)
@@ -490,6 +501,7 @@ def _occurrence(event: Any) -> Occurrence:
 async def error_detail(request: Request) -> Response:
     sessions = runtime_of(request).database.sessions
     try:
+        await limit_client(request, dialect=DIALECT)
         caller = await _caller(request, "read")
         group = await _visible_group(request, caller)
         page = await list_events(
@@ -522,6 +534,7 @@ async def error_detail(request: Request) -> Response:
 async def resolve_error(request: Request) -> Response:
     runtime = runtime_of(request)
     try:
+        await limit_client(request, dialect=DIALECT)
         caller = await _caller(request, "write")
         group = await _visible_group(request, caller)
         await resolve_group(
@@ -538,6 +551,7 @@ async def resolve_error(request: Request) -> Response:
 async def project_names(request: Request) -> Response:
     sessions = runtime_of(request).database.sessions
     try:
+        await limit_client(request, dialect=DIALECT)
         caller = await _caller(request, "read")
         visible = _visible(caller)
         projects = await list_projects(sessions=sessions, project_ids=visible)

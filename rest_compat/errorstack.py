@@ -62,6 +62,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.domain.event import EventIn, EventType, ExceptionIn, Level
+from app.domain.scrubbing import ScrubRules
 from app.errors import ErrorgraphError, InvalidInput, InvalidKey
 from app.services.ingest import ingest_events
 from app.services.keys import KeyGrant, grant_for_project_key
@@ -72,6 +73,7 @@ from rest_compat.common import (
     client_ip,
     decode_urlencoded,
     headers_for,
+    limit_client,
     media_type,
     multipart_pairs,
     parse_json,
@@ -81,6 +83,7 @@ from rest_compat.common import (
     status_for,
 )
 
+DIALECT = "errorstack"
 # The smallest transparent GIF: 1 by 1 pixel, a two-colour table, colour 0 marked transparent.
 PIXEL = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -261,7 +264,7 @@ def to_event(params: Params, *, user_agent: str | None, ip: str | None) -> Event
         user_agent=params.text("useragent", "user_agent") or user_agent,
         contexts={"os": {"name": platform}} if platform else {},
         extra=dict(params.fields),
-        dialect="errorstack",
+        dialect=DIALECT,
         client_ip=ip,
     )
 
@@ -269,13 +272,16 @@ def to_event(params: Params, *, user_agent: str | None, ip: str | None) -> Event
 async def submit(request: Request) -> Response:
     params: Params | None = None
     try:
+        await limit_client(request, dialect=DIALECT)
         params = await _params(request)
         grant = await _grant(request, params, scope="ingest")
         event = to_event(
             params, user_agent=request.headers.get("user-agent"), ip=client_ip(request)
         )
         runtime = runtime_of(request)
-        [result] = await ingest_events(writer=runtime.writer, project=grant.project, events=[event])
+        [result] = await ingest_events(
+            writer=runtime.writer, project=grant.project, events=[event], key_id=grant.key_id
+        )
     except ErrorgraphError as exc:
         return _error(_wants_json(request, params), exc)
     return _answer(_wants_json(request, params), {"status": "ok", "event_id": result.event_id})
@@ -310,6 +316,7 @@ async def log(request: Request) -> Response:
     params: Params | None = None
     listing = False
     try:
+        await limit_client(request, dialect=DIALECT)
         params = await _params(request)
         if not params.fields:
             if request.method == "GET":
@@ -332,6 +339,9 @@ async def log(request: Request) -> Response:
                 for key, value in params.fields.items()
                 if message is None or key.lower() not in MESSAGE_FIELDS
             },
+            scrub=ScrubRules.for_project(
+                grant.project.scrub_fields, grant.project.scrub_ip_addresses
+            ),
         )
     except ErrorgraphError as exc:
         return _error(listing or _wants_json(request, params), exc)

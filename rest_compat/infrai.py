@@ -157,6 +157,7 @@ from rest_compat.common import (
     JSONOut,
     client_ip,
     headers_for,
+    limit_client,
     parse_json,
     query_pairs,
     read_body,
@@ -468,6 +469,7 @@ class Capability:
             )
         runtime = runtime_of(request)
         try:
+            await limit_client(request, dialect="infrai")
             grant = await _grant(request, runtime, self.scope)
             content = await self.handler(Call(request=request, runtime=runtime, grant=grant))
         except ErrorgraphError as exc:
@@ -745,7 +747,10 @@ def message_event(body: MessageIn, *, event_id: str | None, ip: str | None) -> E
 
 async def _store(call: Call, event: EventIn) -> tuple[str, int]:
     [result] = await ingest_events(
-        writer=call.runtime.writer, project=call.grant.project, events=[event]
+        writer=call.runtime.writer,
+        project=call.grant.project,
+        events=[event],
+        key_id=call.grant.key_id,
     )
     return result.event_id, result.group_id
 

@@ -54,6 +54,7 @@ from rest_compat.common import (
     browser_route,
     client_ip,
     error_response,
+    limit_client,
     parse_json,
     read_body,
     runtime_of,
@@ -195,6 +196,7 @@ def _schema_error(exc: ValidationError) -> Response:
 async def ingest_one(request: Request) -> Response:
     runtime = runtime_of(request)
     try:
+        await limit_client(request, dialect="proliferate")
         body = parse_json(await read_body(request, limit=runtime.settings.max_body_bytes))
         try:
             payload = ProliferateEvent.model_validate(body)
@@ -207,7 +209,9 @@ async def ingest_one(request: Request) -> Response:
             event = to_event(payload, ip=client_ip(request))
         except ValidationError as exc:
             return _schema_error(exc)
-        [result] = await ingest_events(writer=runtime.writer, project=grant.project, events=[event])
+        [result] = await ingest_events(
+            writer=runtime.writer, project=grant.project, events=[event], key_id=grant.key_id
+        )
     except ErrorgraphError as exc:
         return error_response(exc, _detail)
     return JSONOut({"event_id": result.event_id}, status_code=202)
@@ -300,6 +304,7 @@ async def ingest_batch(request: Request) -> Response:
     runtime = runtime_of(request)
     limit = runtime.settings.max_batch_events
     try:
+        await limit_client(request, dialect="proliferate")
         body = parse_json(await read_body(request, limit=runtime.settings.max_body_bytes))
         if not isinstance(body, list):
             return _not_a_batch("Input should be a valid list (an array of events)", "list_type")
@@ -330,6 +335,7 @@ async def ingest_batch(request: Request) -> Response:
                 writer=runtime.writer,
                 project=grant.project,
                 events=[item.event for item in group if item.event is not None],
+                key_id=grant.key_id,
             )
         except ErrorgraphError as exc:
             # The ingest call is all or nothing: none of this project's events is stored.

@@ -58,6 +58,7 @@ from rest_compat.common import (
     client_ip,
     decode_urlencoded,
     error_response,
+    limit_client,
     media_type,
     multipart_pairs,
     parse_json,
@@ -156,6 +157,7 @@ def _detail(exc: ErrorgraphError) -> dict[str, Any]:
 async def post_error_log(request: Request) -> Response:
     runtime = runtime_of(request)
     try:
+        await limit_client(request, dialect="retack")
         secret = _header(request, KEY_HEADERS)
         if secret is None:
             raise InvalidKey("ENV-KEY header is missing")
@@ -181,7 +183,9 @@ async def post_error_log(request: Request) -> Response:
             user_agent=request.headers.get("user-agent"),
             ip=client_ip(request),
         )
-        [result] = await ingest_events(writer=runtime.writer, project=grant.project, events=[event])
+        [result] = await ingest_events(
+            writer=runtime.writer, project=grant.project, events=[event], key_id=grant.key_id
+        )
     except UnsupportedMediaType as exc:
         return JSONOut(_detail(exc), status_code=415)
     except ErrorgraphError as exc:

@@ -28,6 +28,13 @@ decompression bomb stops at the first limit it passes without being expanded in 
 JSON may hold `NaN` and `±Infinity` (Python's json writes them); they are stored as the
 strings "NaN", "Infinity" and "-Infinity", since JSON columns cannot hold them.
 
+Rate limits (`app.services.quotas`): past the client address's limit or the key's event
+quota, 429 with `Retry-After` and `X-Sentry-Rate-Limits` (develop.sentry.dev, "Rate
+Limiting"): `<seconds>::ip:ip_rate_limit` for the address (every category), and
+`<seconds>:default;error:key:key_quota` for the key's events, so that an SDK stops sending
+events for that long but not its other items. Scopes `ip` and reasons are errorgraph's
+own; SDKs read only the seconds and categories.
+
 Mapping of a Sentry event onto `EventIn`. Sentry's chain and frame order (oldest
 exception first, outermost frame first) is EventIn's, so nothing is reversed.
 
@@ -95,6 +102,7 @@ from app.errors import (
     InvalidKey,
     NotFound,
     PayloadTooLarge,
+    QuotaExceeded,
 )
 from app.services.client_reports import DiscardedEvents, record_client_reports
 from app.services.ingest import ingest_events
@@ -106,6 +114,7 @@ from rest_compat.common import (
     client_ip,
     error_response,
     iter_decoded_body,
+    limit_client,
     read_decoded_body,
     runtime_of,
 )
@@ -890,6 +899,26 @@ def discarded_from_report(payload: bytes, *, received: datetime) -> list[Discard
 
 # --- Endpoints -------------------------------------------------------------------------
 
+DIALECT = "sentry"
+# X-Sentry-Rate-Limits reason codes, by what was counted (`QuotaExceeded.scope`).
+RATE_LIMIT_REASONS = {"ip": "ip_rate_limit", "key": "key_quota", "project": "project_quota"}
+
+
+def rate_limits_header(exc: QuotaExceeded) -> str:
+    """One `retry_after:categories:scope:reason_code` entry (develop.sentry.dev, "Rate
+    Limiting"): a client address's limit covers every category (empty), an event quota
+    the event categories only, so an SDK keeps sending sessions and client reports."""
+    categories = "" if exc.scope == "ip" else "default;error"
+    reason = RATE_LIMIT_REASONS.get(exc.scope, "rate_limit")
+    return f"{exc.retry_after}:{categories}:{exc.scope}:{reason}"
+
+
+def _refusal(exc: ErrorgraphError) -> Response:
+    response = error_response(exc)
+    if isinstance(exc, QuotaExceeded):
+        response.headers["X-Sentry-Rate-Limits"] = rate_limits_header(exc)
+    return response
+
 
 async def _grant_from_headers(
     request: Request, runtime: Runtime
@@ -905,6 +934,7 @@ async def envelope(request: Request) -> Response:
     runtime = runtime_of(request)
     project_id: int = request.path_params["project_id"]
     try:
+        await limit_client(request, dialect=DIALECT)
         key, grant = await _grant_from_headers(request, runtime)
         parser = EnvelopeParser()
         async for piece in iter_decoded_body(
@@ -937,7 +967,9 @@ async def envelope(request: Request) -> Response:
                     events.append(event)
             elif item.type == "client_report":
                 discarded.extend(discarded_from_report(item.payload, received=received))
-        results = await ingest_events(writer=runtime.writer, project=grant.project, events=events)
+        results = await ingest_events(
+            writer=runtime.writer, project=grant.project, events=events, key_id=grant.key_id
+        )
         if discarded:
             assert grant.project.id is not None
             await record_client_reports(
@@ -947,7 +979,7 @@ async def envelope(request: Request) -> Response:
                 received_at=received,
             )
     except ErrorgraphError as exc:
-        return error_response(exc)
+        return _refusal(exc)
     return JSONOut({"id": results[0].event_id} if results else {})
 
 
@@ -990,13 +1022,16 @@ async def _store_event(request: Request, runtime: Runtime, grant: KeyGrant, data
     if event is None:
         raw_id = payload.get("event_id")
         return normalise_event_id(raw_id, where="event_id") if raw_id else uuid.uuid4().hex
-    [result] = await ingest_events(writer=runtime.writer, project=grant.project, events=[event])
+    [result] = await ingest_events(
+        writer=runtime.writer, project=grant.project, events=[event], key_id=grant.key_id
+    )
     return result.event_id
 
 
 async def store(request: Request) -> Response:
     runtime = runtime_of(request)
     try:
+        await limit_client(request, dialect=DIALECT)
         _key, grant = await _grant_from_headers(request, runtime)
         if grant is None:
             raise InvalidKey(f"no key: {KEY_HELP}")
@@ -1013,7 +1048,7 @@ async def store(request: Request) -> Response:
         )
         event_id = await _store_event(request, runtime, grant, body)
     except ErrorgraphError as exc:
-        return error_response(exc)
+        return _refusal(exc)
     return JSONOut({"id": event_id})
 
 

@@ -35,6 +35,14 @@ from .types import (
     RetentionType,
 )
 
+# The service's names for updateProjectSettings' arguments → the arguments.
+SETTING_ARGUMENTS = {
+    "project": "projectId",
+    "scrub_fields": "scrubFields",
+    "events_per_minute": "eventsPerMinute",
+    "events_per_hour": "eventsPerHour",
+}
+
 
 @strawberry.type
 class DeleteResult:
@@ -415,6 +423,42 @@ class Mutation:
             secret=created.secret,
             dsn=info.context.runtime.settings.dsn_for(key=created.secret, project_id=parsed),
         )
+
+    @strawberry.mutation(
+        description="Change a project's scrubbing and quotas; arguments left out stay as "
+        "they are. eventsPerMinute/eventsPerHour: null takes the server's default, 0 means "
+        "no limit."
+    )
+    async def update_project_settings(
+        self,
+        info: Info,
+        project_id: strawberry.ID,
+        scrub_fields: list[str] | None = strawberry.UNSET,
+        scrub_ip_addresses: bool | None = strawberry.UNSET,
+        events_per_minute: int | None = strawberry.UNSET,
+        events_per_hour: int | None = strawberry.UNSET,
+    ) -> ProjectType:
+        parsed = required_id(project_id, "projectId")
+        await info.context.require("admin", parsed)
+
+        def given(value: object) -> object:
+            return key_service.KEEP if value is strawberry.UNSET else value
+
+        if scrub_ip_addresses is None:
+            raise InvalidInput("scrubIpAddresses must be true or false", field="scrubIpAddresses")
+        try:
+            project = await key_service.update_project_settings(
+                sessions=info.context.sessions,
+                project_id=parsed,
+                scrub_fields=given(scrub_fields),  # type: ignore[arg-type]
+                scrub_ip_addresses=given(scrub_ip_addresses),  # type: ignore[arg-type]
+                events_per_minute=given(events_per_minute),  # type: ignore[arg-type]
+                events_per_hour=given(events_per_hour),  # type: ignore[arg-type]
+            )
+        except (InvalidInput, NotFound) as exc:
+            exc.field = SETTING_ARGUMENTS.get(exc.field or "", exc.field)
+            raise
+        return ProjectType.from_row(project)
 
     @strawberry.mutation
     async def revoke_project_key(self, info: Info, id: strawberry.ID) -> ProjectKeyType:

@@ -135,6 +135,21 @@ class ProjectType:
     name: str
     grouping_strategy: str
     created_at: datetime
+    scrub_fields: list[str] = strawberry.field(
+        description="Key names whose values are replaced with [Filtered] before storage, "
+        "on top of the built-in ones (password, secret, token, api_key, cookie, …)."
+    )
+    scrub_ip_addresses: bool = strawberry.field(
+        description="Client IP addresses (and users' ip_address) are dropped before storage."
+    )
+    events_per_minute: int | None = strawberry.field(
+        description="Events a project key may send a minute: null takes the server's "
+        "default, 0 means no limit."
+    )
+    events_per_hour: int | None = strawberry.field(
+        description="Events a project key may send an hour: null takes the server's "
+        "default, 0 means no limit."
+    )
 
     @classmethod
     def from_row(cls, row: Project) -> ProjectType:
@@ -144,6 +159,10 @@ class ProjectType:
             name=row.name,
             grouping_strategy=row.grouping_strategy,
             created_at=row.created_at,
+            scrub_fields=list(row.scrub_fields or []),
+            scrub_ip_addresses=row.scrub_ip_addresses,
+            events_per_minute=row.events_per_minute,
+            events_per_hour=row.events_per_hour,
         )
 
 

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import Database
 from app.domain.event import EventIn, EventType
 from app.domain.grouping import Grouping, grouping_for_event, title_and_culprit
+from app.domain.scrubbing import ScrubRules, scrub_event
 from app.domain.stacktrace import parse_stacktrace
 from app.errors import InvalidInput, Unavailable
 from app.models import (
@@ -46,6 +47,7 @@ from app.models import (
     utcnow,
 )
 from app.pubsub import EVENT_CAPTURED, GROUP_CREATED, GROUP_UPDATED, PubSub
+from app.services.quotas import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -121,19 +123,31 @@ def prepare_event(
 
 
 async def ingest_events(
-    *, writer: BatchWriter, project: Project, events: Sequence[EventIn]
+    *,
+    writer: BatchWriter,
+    project: Project,
+    events: Sequence[EventIn],
+    key_id: int | None = None,
 ) -> list[IngestResult]:
-    """Store `events` for `project`; returns only after they are committed."""
+    """Store `events` for `project`; returns only after they are committed.
+
+    Each event is scrubbed of secrets (per the project's settings) before anything else
+    sees it, then the quota of the project key `key_id` sent them with (None: sent
+    without a key) is charged: past it, QuotaExceeded and nothing is stored.
+    """
     assert project.id is not None
+    rules = ScrubRules.for_project(project.scrub_fields, project.scrub_ip_addresses)
     prepared = [
         prepare_event(
-            event,
+            scrub_event(event, rules),
             strategy=project.grouping_strategy,
             project_id=project.id,
             project_name=project.name,
         )
         for event in events
     ]
+    if writer.quotas is not None:
+        await writer.quotas.check_events(project=project, key_id=key_id, count=len(prepared))
     return await writer.submit(project_id=project.id, events=prepared)
 
 
@@ -193,8 +207,11 @@ class BatchWriter:
         max_batch: int = 500,
         max_wait: float = 0.0,
         clock: Clock = utcnow,
+        quotas: Quotas | None = None,
     ) -> None:
         self._database = database
+        # Charged by `ingest_events`, which every dialect calls with this writer.
+        self.quotas = quotas
         self._pubsub = pubsub
         self._max_batch = max_batch
         self._max_wait = max_wait
@@ -585,7 +602,10 @@ async def _upsert_people(
                 event_count=table.c.event_count + sa.bindparam("b_count"),
                 last_seen=_later(table.c.last_seen, "b_last"),
                 **{
-                    name: sa.func.coalesce(sa.bindparam(f"b_{name}"), table.c[name])
+                    # Typed, so that `data` is bound as JSON, not as a bare dict.
+                    name: sa.func.coalesce(
+                        sa.bindparam(f"b_{name}", type_=table.c[name].type), table.c[name]
+                    )
                     for name in attr_columns
                 },
             ),

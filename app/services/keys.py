@@ -16,6 +16,8 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -268,6 +270,81 @@ async def project_by_id_or_slug(*, sessions: Sessions, ref: str | int) -> Projec
         project = (await session.scalars(query)).first()
     if project is None:
         raise NotFound(f"no project {ref!r}", field="project")
+    return project
+
+
+class Unchanged(Enum):
+    """A setting left as it is (where None has its own meaning)."""
+
+    KEEP = "keep"
+
+
+KEEP = Unchanged.KEEP
+Keep = Literal[Unchanged.KEEP]
+MAX_SCRUB_FIELDS = 100
+MAX_EVENTS_LIMIT = 1_000_000_000
+
+
+def _checked_scrub_fields(fields: Iterable[str] | None) -> list[str] | None:
+    chosen: list[str] = []
+    for field in fields or ():
+        name = field.strip()
+        if not name:
+            continue
+        if len(name) > 100 or not any(char.isalnum() for char in name):
+            raise InvalidInput(
+                f"{name[:100]!r} is not a field name (letters or digits, at most 100)",
+                field="scrub_fields",
+            )
+        if name not in chosen:
+            chosen.append(name)
+    if len(chosen) > MAX_SCRUB_FIELDS:
+        raise InvalidInput(
+            f"at most {MAX_SCRUB_FIELDS} scrub fields; got {len(chosen)}", field="scrub_fields"
+        )
+    return chosen or None
+
+
+def _checked_events_limit(value: int | None, field: str) -> int | None:
+    if value is not None and not 0 <= value <= MAX_EVENTS_LIMIT:
+        raise InvalidInput(
+            f"must be from 0 (no limit) to {MAX_EVENTS_LIMIT}, or null for the server default",
+            field=field,
+        )
+    return value
+
+
+async def update_project_settings(
+    *,
+    sessions: Sessions,
+    project_id: int,
+    scrub_fields: Iterable[str] | Keep | None = KEEP,
+    scrub_ip_addresses: bool | Keep = KEEP,
+    events_per_minute: int | Keep | None = KEEP,
+    events_per_hour: int | Keep | None = KEEP,
+) -> Project:
+    """Change a project's scrubbing and quota settings; what is not given stays.
+
+    `scrub_fields` are key names filtered on top of the defaults (None or empty: none);
+    `scrub_ip_addresses` drops client addresses before storage. `events_per_minute` and
+    `events_per_hour` are the project keys' quotas: None takes the server's default, 0
+    means no limit. Takes effect with the next request, in every process.
+    """
+    changes: dict[str, object] = {}
+    if scrub_fields is not KEEP:
+        changes["scrub_fields"] = _checked_scrub_fields(scrub_fields)
+    if scrub_ip_addresses is not KEEP:
+        changes["scrub_ip_addresses"] = bool(scrub_ip_addresses)
+    if events_per_minute is not KEEP:
+        changes["events_per_minute"] = _checked_events_limit(events_per_minute, "events_per_minute")
+    if events_per_hour is not KEEP:
+        changes["events_per_hour"] = _checked_events_limit(events_per_hour, "events_per_hour")
+    async with sessions.begin() as session:
+        project = await session.get(Project, project_id)
+        if project is None:
+            raise NotFound(f"no project {project_id}", field="project")
+        for name, value in changes.items():
+            setattr(project, name, value)
     return project
 
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.domain.scrubbing import ScrubRules, scrub_data, scrub_text
 from app.errors import InvalidInput
 from app.models import LogMessage, utcnow
 
@@ -80,15 +81,21 @@ async def append_log_message(
     level: str | None = None,
     data: dict[str, Any] | None = None,
     now: datetime | None = None,
+    scrub: ScrubRules | None = None,
 ) -> LogMessage:
     """Keep `message` for the key, then drop what the key may no longer keep.
 
     The caller has checked that the key belongs to the project (a key grant). Long
-    messages and levels are cut and marked, as events are. On SQLite pass the write
-    session factory, so the transaction takes the write lock up front.
+    messages and levels are cut and marked, as events are. Secrets in the message and
+    data are filtered as in events, by the project's rules `scrub` (else the defaults).
+    On SQLite pass the write session factory, so the transaction takes the write lock
+    up front.
     """
     if not isinstance(message, str):
         raise InvalidInput("a log message must be text", field="message")
+    rules = scrub or ScrubRules()
+    message = scrub_text(message, rules)
+    data = scrub_data(data, rules) if data else data
     now = now or utcnow()
     row = LogMessage(
         project_id=project_id,

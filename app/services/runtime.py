@@ -13,6 +13,7 @@ from app.db import Database, create_database, database_ok, upgrade_database
 from app.models import utcnow
 from app.pubsub import PubSub
 from app.services.ingest import BatchWriter, Clock
+from app.services.quotas import Quotas
 
 
 @dataclass
@@ -33,12 +34,14 @@ class Runtime:
         except BaseException:
             await database.dispose()
             raise
+        quotas = Quotas.from_settings(settings)
         writer = BatchWriter(
             database=database,
             pubsub=pubsub,
             max_batch=settings.writer_max_batch,
             max_wait=settings.writer_max_wait_ms / 1000,
             clock=clock,
+            quotas=quotas,
         )
         await writer.start()
         return cls(settings=settings, database=database, pubsub=pubsub, writer=writer)
@@ -49,7 +52,14 @@ class Runtime:
             await self.writer.stop()
         finally:
             await self.pubsub.disconnect()
+            if self.writer.quotas is not None:
+                await self.writer.quotas.close()
             await self.database.dispose()
+
+    @property
+    def quotas(self) -> Quotas | None:
+        """The rate limiter; the writer holds it, so every ingest call is charged."""
+        return self.writer.quotas
 
     async def unready_reason(self) -> str | None:
         """None when this process can take events, else why not."""

@@ -367,9 +367,9 @@ async def test_batch_makes_one_ingest_call_per_project(
     calls: list[tuple[int, list[str]]] = []
     real = proliferate.ingest_events
 
-    async def counting(*, writer, project, events):
+    async def counting(*, writer, project, events, key_id):
         calls.append((project.id, [event.event_id for event in events]))
-        return await real(writer=writer, project=project, events=events)
+        return await real(writer=writer, project=project, events=events, key_id=key_id)
 
     monkeypatch.setattr(proliferate, "ingest_events", counting)
     ours, theirs = app_project.ingest_key.secret, other.ingest_key.secret

@@ -1,0 +1,388 @@
+"""Scrubbing: what looks like a secret is replaced before an event is stored.
+
+The ingest service runs `scrub_event` on every event of every dialect before grouping, so
+no table — events, groups (their titles come from messages), users, the search index —
+ever holds what was filtered. Pure code: the rules come in as arguments.
+
+Three kinds of rule, as Sentry's and Bugsink's data scrubbers apply them:
+
+1. **By key.** In every mapping of an event's free-form data — the request (its data,
+   headers, cookies, query string, env), extra, contexts, breadcrumbs and their data, the
+   user's and account's data, tags, exception mechanisms and frame variables — a value
+   whose key names a secret becomes `[Filtered]`, whatever it held (a nested object
+   too). A key names a secret when, lower-cased and stripped of everything but letters
+   and digits, it contains one of `SECRET_KEY_PARTS` (so `X-Api-Key`, `apiKey` and
+   `api_key` all contain `apikey`), equals one of `SECRET_KEYS`, or contains a field the
+   project added; `session` hides text and numbers (a session id) but a session object
+   is walked. Lists of `[name, value]` pairs (Sentry's form for headers, cookies and
+   query strings) are read as mappings.
+2. **In text.** In every string of the event — message, exception values, raw stack
+   text, URL, transaction, breadcrumb messages, source lines and every string in the
+   data above — `name=value` and `name: value` (also quoted, as JSON or a Python repr
+   writes them) where the name names a secret, `Bearer <token>`, the password of
+   `scheme://user:password@host`, JSON Web Tokens and the secret keys of errorgraph and
+   a few well-known services, and payment card numbers (13 to 19 digits, spaces or
+   dashes allowed between them, with a card issuer's prefix and a valid Luhn check digit:
+   a millisecond timestamp or a random id rarely passes both) are replaced. Integers of
+   card length in the data are checked the same way.
+3. **IP addresses**, when the project asks: the client's address, the user's
+   `ip_address`, the request's `REMOTE_ADDR` and the headers proxies put addresses in are
+   dropped.
+
+Filtering errs towards hiding: a key such as `prompt_tokens` loses its value too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from app.domain.event import EventIn, ExceptionIn, Frame, UserIn
+
+FILTERED = "[Filtered]"
+
+# Parts of key names (compacted: lower case, letters and digits only) that mark a secret.
+SECRET_KEY_PARTS: tuple[str, ...] = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "apikey",
+    "authorization",
+    "cookie",
+    "csrf",
+    "xsrf",
+    "credential",
+    "privatekey",
+    "creditcard",
+    "cardnumber",
+    "cvv",
+    "cvc",
+)
+# Parts that mark a secret only when the value is text or a number (a session id): a
+# session object (Airbrake's `session`, a framework's session dump) is walked instead,
+# its own secret keys filtered, since hiding it whole would lose what the client reports.
+SCALAR_SECRET_KEY_PARTS: tuple[str, ...] = ("session",)
+# Short names that are secrets only as the whole key (as parts they are in too many words).
+SECRET_KEYS: frozenset[str] = frozenset({"auth", "pass", "pwd", "pin", "jwt", "ssn"})
+
+# Request headers in which proxies and CDNs carry the client's address (lower case).
+IP_HEADERS: frozenset[str] = frozenset(
+    {
+        "x-forwarded-for",
+        "x-real-ip",
+        "forwarded",
+        "x-client-ip",
+        "x-cluster-client-ip",
+        "cf-connecting-ip",
+        "true-client-ip",
+        "fastly-client-ip",
+    }
+)
+IP_ENV: frozenset[str] = frozenset({"remote_addr", "http_x_forwarded_for", "http_x_real_ip"})
+
+# Data nested deeper than this is not walked but filtered whole: it cannot be checked
+# without recursing without bound, and no client sends such data on purpose.
+MAX_DEPTH = 100
+TRANSACTION_LENGTH = 512
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+# `name=value` and `name: value`, the name optionally quoted; the value is read from where
+# this match ends (see `_VALUE`), only when the name names a secret.
+_KEY_SEP = re.compile(r"""(?P<key>[A-Za-z_][\w.\-]*)(?P<kq>["']?)\s*[=:]\s*""")
+# A value: quoted (to the closing quote, or the end when there is none), or up to a
+# delimiter. An auth scheme word before it (`Authorization: Basic …`) is taken with it, so
+# the credentials after the word do not survive.
+_VALUE = re.compile(
+    r"""(?P<done>\[Filtered\])
+      | (?P<dq>"[^"]*"?)
+      | (?P<sq>'[^']*'?)
+      | (?P<bare>(?:(?:basic|bearer|digest|token|negotiate)\s+)?[^\s&;,"'\#)}\]]+)""",
+    re.VERBOSE | re.IGNORECASE,
+)
+_BEARER = re.compile(r"\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@/\s]+(?=@)", re.I)
+_TOKENS = re.compile(
+    r"""\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*  # JSON Web Token
+      | \b(?:sk|egt)_[0-9a-f]{32}\b                 # errorgraph API keys and tokens
+      | \bgh[pousr]_[A-Za-z0-9]{36}\b               # GitHub tokens
+      | \b(?:sk|rk)_live_[A-Za-z0-9]{16,}\b         # Stripe secret keys
+      | \bxox[abprs]-[A-Za-z0-9\-]{10,}             # Slack tokens
+      | \bAKIA[0-9A-Z]{16}\b                        # AWS access key ids
+    """,
+    re.VERBOSE,
+)
+_CARD = re.compile(r"(?<![\w\-.])\d(?:[ \-]?\d){12,18}(?![\w\-])")
+# Issuer prefixes: Visa 4; Mastercard 51-55 and 22-27; American Express 34, 37; Diners
+# 30, 36, 38, 39; JCB 35; Discover, UnionPay and Maestro 6 (and Maestro 50, 56-58).
+_CARD_PREFIX = re.compile(r"^(?:4|5[0-8]|2[2-7]|3[0456789]|6)")
+
+
+@dataclass(frozen=True)
+class ScrubRules:
+    """What to filter: the project's own key parts on top of the defaults, and whether
+    addresses go."""
+
+    extra_keys: tuple[str, ...] = ()
+    drop_ip_addresses: bool = False
+
+    @classmethod
+    def for_project(
+        cls, scrub_fields: Iterable[str] | None, scrub_ip_addresses: bool | None
+    ) -> ScrubRules:
+        parts = []
+        for field in scrub_fields or ():
+            compact = _compact(field)
+            if compact and compact not in parts:
+                parts.append(compact)
+        return cls(extra_keys=tuple(parts), drop_ip_addresses=bool(scrub_ip_addresses))
+
+    def is_secret_key(self, key: str, value: Any = "") -> bool:
+        """Whether `key` names a secret, for a `value` of this kind (see the parts)."""
+        compact = _compact(key)
+        if not compact:
+            return False
+        if compact in SECRET_KEYS:
+            return True
+        if any(part in compact for part in SECRET_KEY_PARTS) or any(
+            part in compact for part in self.extra_keys
+        ):
+            return True
+        return not isinstance(value, dict | list | tuple) and any(
+            part in compact for part in SCALAR_SECRET_KEY_PARTS
+        )
+
+
+def _compact(name: str) -> str:
+    return _NON_ALNUM.sub("", name.lower())
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check every payment card number passes."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if index % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def looks_like_card(digits: str) -> bool:
+    return 13 <= len(digits) <= 19 and bool(_CARD_PREFIX.match(digits)) and luhn_valid(digits)
+
+
+def _card_match(match: re.Match[str]) -> str:
+    """The matched run of digit groups with any card number in it filtered: the run may
+    hold more than the card (`order 12 4111 1111 1111 1111`), so every span of whole
+    groups is tried, longest first from each start."""
+    text = match.group(0)
+    groups = [(m.start(), m.end()) for m in re.finditer(r"\d+", text)]
+    out: list[str] = []
+    cursor = 0
+    start = 0
+    while start < len(groups):
+        for end in range(len(groups) - 1, start - 1, -1):
+            digits = "".join(text[a:b] for a, b in groups[start : end + 1])
+            if looks_like_card(digits):
+                out.append(text[cursor : groups[start][0]])
+                out.append(FILTERED)
+                cursor = groups[end][1]
+                start = end + 1
+                break
+        else:
+            start += 1
+    out.append(text[cursor:])
+    return "".join(out)
+
+
+def _scrub_key_values(text: str, rules: ScrubRules) -> str:
+    out: list[str] = []
+    cursor = 0
+    for match in _KEY_SEP.finditer(text):
+        if match.start() < cursor or not rules.is_secret_key(match["key"]):
+            continue
+        value = _VALUE.match(text, match.end())
+        if value is None:
+            continue
+        out.append(text[cursor : match.end()])
+        if value["done"] is not None:
+            out.append(FILTERED)
+        elif value["dq"] is not None:
+            out.append(f'"{FILTERED}"')
+        elif value["sq"] is not None:
+            out.append(f"'{FILTERED}'")
+        else:
+            out.append(FILTERED)
+        cursor = value.end()
+    if not out:
+        return text
+    out.append(text[cursor:])
+    return "".join(out)
+
+
+def scrub_text(text: str, rules: ScrubRules) -> str:
+    """`text` with the secrets rule 2 finds replaced by `[Filtered]`."""
+    if not text:
+        return text
+    if "=" in text or ":" in text:
+        text = _scrub_key_values(text, rules)
+        text = _URL_PASSWORD.sub(lambda m: m["head"] + FILTERED, text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {FILTERED}", text)
+    text = _TOKENS.sub(FILTERED, text)
+    return _CARD.sub(_card_match, text)
+
+
+def _pairs(value: list[Any]) -> bool:
+    """A list of [name, value] pairs, as Sentry sends headers and query strings."""
+    return bool(value) and all(
+        isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str)
+        for item in value
+    )
+
+
+def scrub_data(value: Any, rules: ScrubRules, *, depth: int = 0) -> Any:
+    """A copy of JSON-like `value` with rules 1 and 2 applied throughout."""
+    if depth > MAX_DEPTH:
+        return FILTERED
+    if isinstance(value, str):
+        return scrub_text(value, rules)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        digits = str(abs(value))
+        return FILTERED if looks_like_card(digits) else value
+    if isinstance(value, dict):
+        return {
+            key: FILTERED
+            if isinstance(key, str) and rules.is_secret_key(key, item)
+            else scrub_data(item, rules, depth=depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        if _pairs(list(value)):
+            return [
+                [name, FILTERED]
+                if rules.is_secret_key(name, item)
+                else [name, scrub_data(item, rules, depth=depth + 1)]
+                for name, item in value
+            ]
+        return [scrub_data(item, rules, depth=depth + 1) for item in value]
+    return value
+
+
+def _without_ip_request(request: dict[str, Any]) -> dict[str, Any]:
+    out = dict(request)
+    headers = out.get("headers")
+    if isinstance(headers, dict):
+        out["headers"] = {
+            name: value
+            for name, value in headers.items()
+            if not (isinstance(name, str) and name.lower() in IP_HEADERS)
+        }
+    elif isinstance(headers, list):
+        out["headers"] = [
+            item
+            for item in headers
+            if not (
+                isinstance(item, list | tuple)
+                and item
+                and isinstance(item[0], str)
+                and item[0].lower() in IP_HEADERS
+            )
+        ]
+    env = out.get("env")
+    if isinstance(env, dict):
+        out["env"] = {
+            name: value
+            for name, value in env.items()
+            if not (isinstance(name, str) and name.lower() in IP_ENV)
+        }
+    return out
+
+
+def _scrub_frame(frame: Frame, rules: ScrubRules) -> Frame:
+    return frame.model_copy(
+        update={
+            "vars": scrub_data(frame.vars, rules),
+            "context_line": scrub_text(frame.context_line, rules) if frame.context_line else None,
+            "pre_context": [scrub_text(line, rules) for line in frame.pre_context],
+            "post_context": [scrub_text(line, rules) for line in frame.post_context],
+        }
+    )
+
+
+def _scrub_exception(exception: ExceptionIn, rules: ScrubRules) -> ExceptionIn:
+    return exception.model_copy(
+        update={
+            "value": scrub_text(exception.value, rules) if exception.value else exception.value,
+            "mechanism": scrub_data(exception.mechanism, rules)
+            if exception.mechanism
+            else exception.mechanism,
+            "frames": [_scrub_frame(frame, rules) for frame in exception.frames],
+        }
+    )
+
+
+def _scrub_user(user: UserIn, rules: ScrubRules) -> UserIn | None:
+    update: dict[str, Any] = {"data": scrub_data(user.data, rules)}
+    if rules.drop_ip_addresses:
+        update["ip_address"] = None
+        # An id that is the address (Retack's user context may be one) goes with it.
+        if user.id is not None and user.id == user.ip_address:
+            update["id"] = None
+    scrubbed = user.model_copy(update=update)
+    if not (
+        scrubbed.id
+        or scrubbed.email
+        or scrubbed.username
+        or scrubbed.name
+        or scrubbed.ip_address
+        or scrubbed.data
+    ):
+        return None
+    return scrubbed
+
+
+def _text(value: str | None, rules: ScrubRules) -> str | None:
+    return scrub_text(value, rules) if value else value
+
+
+def scrub_event(event: EventIn, rules: ScrubRules) -> EventIn:
+    """A copy of `event` with every rule applied; `event` itself is left as it was."""
+    request = event.request
+    if request is not None and rules.drop_ip_addresses:
+        request = _without_ip_request(request)
+    tags = {
+        key: FILTERED if rules.is_secret_key(key) else scrub_text(value, rules)
+        for key, value in event.tags.items()
+    }
+    return event.model_copy(
+        update={
+            "message": _text(event.message, rules),
+            "exceptions": [_scrub_exception(exc, rules) for exc in event.exceptions],
+            "raw_stacktrace": _text(event.raw_stacktrace, rules),
+            "url": _text(event.url, rules),
+            # A stored column of bounded length: `[Filtered]` may be longer than what it hides.
+            "transaction": _text(event.transaction, rules)[:TRANSACTION_LENGTH]
+            if event.transaction
+            else event.transaction,
+            "request": scrub_data(request, rules) if request is not None else None,
+            "user": _scrub_user(event.user, rules) if event.user is not None else None,
+            "account": event.account.model_copy(
+                update={"data": scrub_data(event.account.data, rules)}
+            )
+            if event.account is not None
+            else None,
+            "breadcrumbs": scrub_data(event.breadcrumbs, rules),
+            "tags": tags,
+            "extra": scrub_data(event.extra, rules),
+            "contexts": scrub_data(event.contexts, rules),
+            "client_ip": None if rules.drop_ip_addresses else event.client_ip,
+        }
+    )
