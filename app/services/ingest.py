@@ -181,7 +181,13 @@ class _Seen:
 
 
 def _insert_ignoring_conflicts(conn: AsyncConnection, table: sa.Table) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect."""
+    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect.
+
+    Executed with the rows as parameters (`conn.execute(stmt, rows)`), never with
+    `.values(rows)`: SQLAlchemy caches the compiled executemany form and sends it as
+    multi-row VALUES itself, whereas a `.values(list)` statement has no cache key and was
+    compiled anew for every batch (a sixth of the writer's time at one event per batch).
+    """
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
@@ -582,12 +588,10 @@ async def _upsert_people(
             }
             for key in chunk
         ]
-        stmt = (
-            _insert_ignoring_conflicts(conn, table)
-            .values(rows)
-            .returning(table.c.id, table.c.project_id, table.c.external_id)
+        stmt = _insert_ignoring_conflicts(conn, table).returning(
+            table.c.id, table.c.project_id, table.c.external_id
         )
-        for row_id, project_id, external_id in await conn.execute(stmt):
+        for row_id, project_id, external_id in await conn.execute(stmt, rows):
             ids[(project_id, external_id)] = row_id
     created = {key for key in missing if key in ids}
     lost_race = [key for key in missing if key not in ids]
@@ -721,12 +725,10 @@ async def _upsert_groups(
                     "last_release": None,
                 }
             )
-        stmt = (
-            _insert_ignoring_conflicts(conn, GROUPS)
-            .values(values)
-            .returning(GROUPS.c.project_id, GROUPS.c.fingerprint)
+        stmt = _insert_ignoring_conflicts(conn, GROUPS).returning(
+            GROUPS.c.project_id, GROUPS.c.fingerprint
         )
-        created.update((project_id, fp) for project_id, fp in await conn.execute(stmt))
+        created.update((project_id, fp) for project_id, fp in await conn.execute(stmt, values))
     if missing:
         # Includes groups another process created between our select and insert.
         await _select_groups(conn, missing, rows)
@@ -743,23 +745,20 @@ async def _upsert_links(
     keys = list(seen)
     created: set[tuple[int, int]] = set()
     for chunk in _chunks(keys):
-        stmt = (
-            _insert_ignoring_conflicts(conn, table)
-            .values(
-                [
-                    {
-                        "group_id": group_id,
-                        other: other_id,
-                        "first_seen": seen[(group_id, other_id)].first,
-                        "last_seen": seen[(group_id, other_id)].last,
-                        "event_count": seen[(group_id, other_id)].count,
-                    }
-                    for group_id, other_id in chunk
-                ]
-            )
-            .returning(table.c.group_id, table.c[other])
+        stmt = _insert_ignoring_conflicts(conn, table).returning(table.c.group_id, table.c[other])
+        rows = [
+            {
+                "group_id": group_id,
+                other: other_id,
+                "first_seen": seen[(group_id, other_id)].first,
+                "last_seen": seen[(group_id, other_id)].last,
+                "event_count": seen[(group_id, other_id)].count,
+            }
+            for group_id, other_id in chunk
+        ]
+        created.update(
+            (group_id, other_id) for group_id, other_id in await conn.execute(stmt, rows)
         )
-        created.update((group_id, other_id) for group_id, other_id in await conn.execute(stmt))
     for group_id, _ in created:
         new_per_group[group_id] = new_per_group.get(group_id, 0) + 1
     existing = [key for key in keys if key not in created]
