@@ -18,6 +18,7 @@ from app.dashboard import dashboard_routes
 from app.errors import ErrorgraphError, Forbidden
 from app.graphql.context import bearer_secret
 from app.graphql.schema import graphql_app
+from app.openapi import routes as openapi_routes
 from app.services.exports import export_chunks, export_filter, get_export_request
 from app.services.keys import viewer_for_secret
 from app.services.runtime import Runtime
@@ -112,6 +113,7 @@ def create_app(
         *error_tracker.routes,
         *infrai.routes,
         *airbrake.routes,
+        *openapi_routes,
         *dashboard_routes(settings),
     ]
     return Starlette(

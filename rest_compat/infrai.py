@@ -272,9 +272,19 @@ def _is_ref(value: Any) -> str | int:
 
 LevelName = Literal["debug", "info", "warning", "error", "fatal"]
 Tags = dict[str, str]
+
+
+def _in_utc(moment: datetime) -> datetime:
+    try:
+        return _utc(moment)
+    except OverflowError:
+        # 0001-01-01T00:00+01:00 is a valid time that has no UTC date Python can hold.
+        raise ValueError("is out of range once converted to UTC") from None
+
+
 # Times come as ISO 8601 text or Unix seconds: the one place where JSON's types are read
 # leniently, since JSON has no time type.
-Moment = Annotated[datetime, Field(strict=False)]
+Moment = Annotated[datetime, Field(strict=False), AfterValidator(_in_utc)]
 
 
 # Group ids are strings in the document; numbers are taken too. Checked by `_is_ref`, not

@@ -233,7 +233,11 @@ class EventIn(_Model):
         """Naive timestamps are taken as UTC, the only zone clients are told to send."""
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            # 0001-01-01T00:00+01:00 is a valid time that has no UTC date Python can hold.
+            raise ValueError("timestamp is out of range once converted to UTC") from None
 
     @field_validator("exceptions", mode="after")
     @classmethod
