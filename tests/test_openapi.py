@@ -100,7 +100,9 @@ def test_every_rest_route_is_documented(settings: Settings):
         if path + "/" in document["paths"]:
             continue  # the same endpoint without its trailing slash
         served |= {(path, method.lower()) for method in methods if method.lower() in HTTP_METHODS}
-    assert served - documented == set(), "routes missing from openapi.json"
+    assert served - documented == set(), (
+        f"routes missing from openapi.json: describe them in app/openapi.py, then {REGENERATE}"
+    )
     assert documented - served == set(), "openapi.json documents routes that are not served"
 
 
