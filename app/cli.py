@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -21,6 +25,11 @@ import typer
 from app.config import Settings, SettingsError, load_settings
 from app.db import Database, create_database, upgrade_database
 from app.errors import ErrorgraphError
+from app.logging import logging_config
+from app.services import alerts as alert_service
+from app.services import cleanup as cleanup_service
+from app.services import events as event_service
+from app.services import exports as export_service
 from app.services import keys as key_service
 from app.services.keys import CreatedProject
 
@@ -39,6 +48,8 @@ token_cli = typer.Typer(help="Create API tokens for the GraphQL API.", no_args_i
 cli.add_typer(project_cli, name="project")
 cli.add_typer(key_cli, name="key")
 cli.add_typer(token_cli, name="token")
+alert_cli = typer.Typer(help="Add, list and remove a project's alert rules.", no_args_is_help=True)
+cli.add_typer(alert_cli, name="alert")
 
 
 class GroupingChoice(StrEnum):
@@ -403,6 +414,138 @@ def token_create(
             typer.echo(f"Token {info['id']} ({created.token.scopes}; {limited}): {created.secret}")
 
 
+class TriggerChoice(StrEnum):
+    NEW_ISSUE = "new_issue"
+    REGRESSION = "regression"
+    FREQUENCY = "frequency"
+
+
+class ChannelChoice(StrEnum):
+    EMAIL = "email"
+    POSTMARK = "postmark"
+    WEBHOOK = "webhook"
+    SLACK = "slack"
+
+
+def _rule_json(rule: Any) -> dict[str, Any]:
+    return {
+        "id": rule.id,
+        "project_id": rule.project_id,
+        "name": rule.name,
+        "trigger": rule.trigger,
+        "threshold": rule.threshold,
+        "window_minutes": rule.window_minutes,
+        "channel": rule.channel,
+        "target": rule.target,
+        "enabled": rule.enabled,
+        "managed": alert_service.is_managed(rule),
+    }
+
+
+def _rule_line(info: dict[str, Any]) -> str:
+    when = info["trigger"]
+    if when == "frequency":
+        when = f"more than {info['threshold']} events in {info['window_minutes']} min"
+    state = "" if info["enabled"] else "  (off)"
+    managed = "  (ALERT_EMAILS)" if info["managed"] else ""
+    name = f"  {info['name']}" if info["name"] else ""
+    return f"{info['id']:>5}  {when} → {info['channel']} {info['target']}{name}{state}{managed}"
+
+
+@alert_cli.command("add")
+def alert_add(
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],
+    trigger: Annotated[
+        TriggerChoice,
+        typer.Option(help="new_issue, regression (a resolved issue came back) or frequency."),
+    ],
+    channel: Annotated[ChannelChoice, typer.Option(help="email, postmark, webhook or slack.")],
+    target: Annotated[
+        str, typer.Option(help="Addresses, comma-separated (email, postmark), or a URL.")
+    ],
+    threshold: Annotated[
+        int | None, typer.Option(help="frequency: more than this many events…")
+    ] = None,
+    window: Annotated[int | None, typer.Option(help="frequency: …in this many minutes.")] = None,
+    name: Annotated[str, typer.Option(help="A note to tell rules apart.")] = "",
+    header: Annotated[
+        list[str] | None,
+        typer.Option(help="webhook: a header to send, 'Name: value'; repeatable."),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Add an alert rule to a project."""
+    with _one_line_errors():
+        settings = _settings()
+        options = None
+        if header:
+            headers = {}
+            for item in header:
+                key, sep, value = item.partition(":")
+                if not sep or not key.strip():
+                    raise CliError(f"--header must look like 'Name: value' (got {item!r})")
+                headers[key.strip()] = value.strip()
+            options = {"headers": headers}
+
+        async def work(db: Database) -> Any:
+            found = await key_service.project_by_id_or_slug(sessions=db.sessions, ref=project)
+            assert found.id is not None
+            return await alert_service.create_alert_rule(
+                sessions=db.sessions,
+                project_id=found.id,
+                trigger=trigger.value,
+                channel=channel.value,
+                target=target,
+                name=name,
+                threshold=threshold,
+                window_minutes=window,
+                options=options,
+            )
+
+        info = _rule_json(_with_database(settings, work))
+        if json:
+            _emit_json(info)
+        else:
+            typer.echo(f"Alert rule {info['id']} added:")
+            typer.echo(_rule_line(info))
+
+
+@alert_cli.command("list")
+def alert_list(
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id or slug.")],
+    json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List a project's alert rules."""
+    with _one_line_errors():
+        settings = _settings()
+
+        async def work(db: Database) -> list[Any]:
+            found = await key_service.project_by_id_or_slug(sessions=db.sessions, ref=project)
+            assert found.id is not None
+            return await alert_service.list_alert_rules(sessions=db.sessions, project_id=found.id)
+
+        rows = [_rule_json(rule) for rule in _with_database(settings, work)]
+        if json:
+            _emit_json(rows)
+        elif not rows:
+            typer.echo(f"No alert rules: errorgraph alert add --project {project} …")
+        else:
+            for row in rows:
+                typer.echo(_rule_line(row))
+
+
+@alert_cli.command("remove")
+def alert_remove(rule_id: Annotated[int, typer.Argument(help="The rule's id.")]) -> None:
+    """Remove an alert rule and its delivery log."""
+    with _one_line_errors():
+        settings = _settings()
+        rule = _with_database(
+            settings,
+            lambda db: alert_service.delete_alert_rule(sessions=db.sessions, rule_id=rule_id),
+        )
+        typer.echo(f"Alert rule {rule.id} removed.")
+
+
 async def _demo_project(db: Database) -> CreatedProject:
     """The `demo` project with a fresh set of secrets (the old ones stay valid)."""
     projects = await key_service.list_projects(sessions=db.sessions)
@@ -459,14 +602,191 @@ def serve(
             _print_created_project(_created_project_json(settings, created), settings.base_url())
         typer.echo(f"errorgraph listening on {settings.base_url()} (database {_where(settings)})")
         sys.stdout.flush()
+    # uvicorn answers SIGTERM by closing the listening socket, waiting (up to the timeout)
+    # for requests in flight to be answered, then running the lifespan's shutdown, which
+    # drains the batch writer. It then raises SIGTERM again against the handler it found:
+    # this one, so that a clean stop exits 0 instead of dying of the signal.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "app.main:app",
         host=settings.host,
         port=settings.port,
         workers=workers if workers > 1 else None,
         log_level=settings.log_level,
+        log_config=logging_config(level=settings.log_level, log_format=settings.log_format),
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
         proxy_headers=True,
     )
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+# --- Retention: purge and export -----------------------------------------------------------
+
+
+class ExportFormatChoice(StrEnum):
+    JSON = "json"
+    CSV = "csv"
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Any]:
+    """A progress bar on a terminal; nothing at all when stdout is a file or a pipe."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not sys.stdout.isatty(),
+    ) as bar:
+        yield bar
+
+
+async def _project_id(db: Database, ref: str | None) -> int | None:
+    if ref is None:
+        return None
+    found = await key_service.project_by_id_or_slug(sessions=db.sessions, ref=ref)
+    return found.id
+
+
+def _run_line(run: cleanup_service.RunOutcome) -> str:
+    counts = f"{run.events_deleted} events and {run.groups_deleted} groups"
+    if run.status == "planned":
+        return f"{run.project_slug}: would delete {counts}"
+    if run.status == "failed":
+        return f"{run.project_slug}: failed after deleting {counts}: {run.error}"
+    exported = f", exported to {run.exported_to}" if run.exported_to else ""
+    return f"{run.project_slug}: deleted {counts}{exported}"
+
+
+@cli.command()
+def purge(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would be deleted; change nothing.")
+    ] = False,
+    project: Annotated[
+        str | None, typer.Option("--project", "-p", help="Only this project (id or slug).")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+) -> None:
+    """Apply the retention policies now: export where a policy says so, then delete expired
+    events, resolved issues past RETENTION_DAYS and issues left without events."""
+    with _one_line_errors():
+        settings = _settings()
+        with _progress_bar() as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(update: cleanup_service.CleanupProgress) -> None:
+                verb = "exporting" if update.stage == "export" else "deleting"
+                description = f"{update.project_slug}: {verb}"
+                if update.project_slug not in tasks:
+                    tasks[update.project_slug] = bar.add_task(description, total=update.total)
+                bar.update(
+                    tasks[update.project_slug],
+                    description=description,
+                    completed=update.done,
+                    total=update.total,
+                )
+
+            async def work(db: Database) -> cleanup_service.CleanupReport:
+                return await cleanup_service.run_cleanup(
+                    database=db,
+                    settings=settings,
+                    project_id=await _project_id(db, project),
+                    dry_run=dry_run,
+                    progress=progress,
+                )
+
+            report = _with_database(settings, work)
+        if report.skipped:
+            raise CliError("another cleanup is running (a server's or a purge); try again later")
+        if json:
+            _emit_json(
+                [
+                    {
+                        "project_id": run.project_id,
+                        "project": run.project_slug,
+                        "status": run.status,
+                        "events_deleted": run.events_deleted,
+                        "groups_deleted": run.groups_deleted,
+                        "exported_to": run.exported_to,
+                        "error": run.error,
+                        "run_id": run.run_id,
+                    }
+                    for run in report.runs
+                ]
+            )
+        else:
+            for run in report.runs:
+                typer.echo(_run_line(run))
+        if any(run.status == "failed" for run in report.runs):
+            raise typer.Exit(1)
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise CliError(
+            f"--since: not an ISO 8601 time (like 2026-01-31T12:00:00Z): {value!r}"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@cli.command("export")
+def export_events(
+    format: Annotated[
+        ExportFormatChoice, typer.Option("--format", "-f", help="json (an array) or csv.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The file to write; replaced when complete.")
+    ],
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only events that happened at or after this time (ISO 8601, UTC "
+            "unless a zone is given)."
+        ),
+    ] = None,
+    project: Annotated[
+        str | None, typer.Option("--project", "-p", help="Only this project (id or slug).")
+    ] = None,
+) -> None:
+    """Write stored events to a file, in the order they were stored, with every field."""
+    with _one_line_errors():
+        settings = _settings()
+        start = _since(since)
+        with _progress_bar() as bar:
+
+            async def work(db: Database) -> int:
+                where = event_service.EventFilter(
+                    project_id=await _project_id(db, project), since=start
+                )
+                total = await event_service.count_events(sessions=db.sessions, where=where)
+                task = bar.add_task(f"exporting to {output.name}", total=total)
+                return await export_service.write_export(
+                    sessions=db.sessions,
+                    where=where,
+                    format="CSV" if format is ExportFormatChoice.CSV else "JSON",
+                    output=output,
+                    on_rows=lambda n: bar.advance(task, n),
+                )
+
+            rows = _with_database(settings, work)
+        typer.echo(f"Wrote {rows} events to {output}")
 
 
 async def _no_work(_db: Database) -> None:

@@ -5,8 +5,9 @@ down; nothing reads the environment at import time, so a test builds its own.
 
 The variables of the Error Tracker document (`../shared/seeds/003_5d6793c66178ddef.txt`)
 work as aliases, so a deployment configured for it starts unchanged: `API_KEY`,
-`DATABASE_PATH` (a file, turned into a SQLite URL), `LOG_LEVEL` (`warn` included) and
-`RETENTION_DAYS`. The `ERRORGRAPH_` name wins when both are set.
+`DATABASE_PATH` (a file, turned into a SQLite URL), `LOG_LEVEL` (`warn` included),
+`RETENTION_DAYS`, and for its e-mail alerts `POSTMARK_API_TOKEN`, `POSTMARK_FROM_EMAIL` and
+`ALERT_EMAILS`. The `ERRORGRAPH_` name wins when both are set.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -71,10 +73,23 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     public_url: str | None = None
     log_level: LogLevel = Field(default="info", validation_alias=_alias("LOG_LEVEL", "LOG_LEVEL"))
+    # Logs on stderr: JSON lines, text for a person, or `auto` (text on a terminal only).
+    log_format: Literal["auto", "json", "console"] = "auto"
+    # When set, GET /metrics needs `Authorization: Bearer <this>`; unset, it is open.
+    metrics_token: SecretStr | None = Field(default=None, repr=False)
+    # On SIGTERM, how long requests in flight may take to be answered before they are cut.
+    shutdown_timeout: float = Field(default=30.0, gt=0, le=3600)
     # How long events are kept when no retention policy was set.
     retention_days: int = Field(
         default=90, ge=1, le=3650, validation_alias=_alias("RETENTION_DAYS", "RETENTION_DAYS")
     )
+    # The cleanup task (app/services/cleanup.py): whether this process takes part, how
+    # often the deployment runs it, events per delete transaction, and events per run
+    # (each run is one export file; a project with more goes on in another run).
+    retention_enabled: bool = True
+    retention_interval_seconds: float = Field(default=3600.0, ge=1, le=7 * 86400)
+    retention_batch_size: int = Field(default=500, ge=1, le=10_000)
+    retention_run_limit: int = Field(default=100_000, ge=1, le=10_000_000)
     # GraphiQL in the browser at /graphql; the API itself is always on.
     graphiql: bool = True
     # Where the built dashboard is (default: frontend-examples/dashboard/dist).
@@ -109,6 +124,36 @@ class Settings(BaseSettings):
     # throughput on SQLite; the wait bounds the latency it costs.
     writer_max_batch: int = Field(default=500, ge=1, le=50_000)
     writer_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+
+    # Alerts (see app/services/alerts.py). With ALERT_EMAILS and Postmark configured, as
+    # in the Error Tracker document, every project gets new-issue mails without a rule.
+    alerts_enabled: bool = True
+    alert_emails: str | None = Field(
+        default=None, validation_alias=_alias("ALERT_EMAILS", "ALERT_EMAILS")
+    )
+    postmark_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=_alias("POSTMARK_API_TOKEN", "POSTMARK_API_TOKEN"),
+        repr=False,
+    )
+    postmark_from_email: str | None = Field(
+        default=None, validation_alias=_alias("POSTMARK_FROM_EMAIL", "POSTMARK_FROM_EMAIL")
+    )
+    postmark_api_url: str = "https://api.postmarkapp.com"
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = Field(default=None, repr=False)
+    smtp_from: str | None = None
+    smtp_starttls: bool = True
+    # Messages per rule and clock hour before the rest wait for one digest at the hour's end.
+    alert_max_per_hour: int = Field(default=20, ge=1, le=10_000)
+    # Tries per notification; the wait doubles from alert_retry_seconds between them.
+    alert_max_attempts: int = Field(default=5, ge=1, le=50)
+    alert_send_timeout: float = Field(default=10.0, gt=0, le=300)
+    alert_retry_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # How often due retries and digests are looked for.
+    alert_sweep_seconds: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("database_url")
     @classmethod
@@ -154,12 +199,35 @@ class Settings(BaseSettings):
     def _database_file(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
-    @field_validator("api_key")
+    @field_validator("api_key", "metrics_token")
     @classmethod
     def _no_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
         """An empty API_KEY= line means no server key, not a key that is the empty string."""
         if value is None or not value.get_secret_value().strip():
             return None
+        return value
+
+    @field_validator("alert_emails", "postmark_from_email", "smtp_host", "smtp_from")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        """An empty `ALERT_EMAILS=` line means none, as an unset variable does."""
+        return value.strip() or None if value is not None else None
+
+    @field_validator("postmark_api_token")
+    @classmethod
+    def _no_empty_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return value
+
+    @field_validator("alert_retry_seconds")
+    @classmethod
+    def _retry_outlasts_a_send(cls, value: float, info: ValidationInfo) -> float:
+        # Another process may retry a notification once its wait is over: a send still in
+        # flight then would go out twice.
+        timeout = info.data.get("alert_send_timeout")
+        if timeout is not None and value < timeout:
+            raise ValueError(f"must be at least ERRORGRAPH_ALERT_SEND_TIMEOUT ({timeout:g}s)")
         return value
 
     @model_validator(mode="after")
@@ -216,6 +284,13 @@ class Settings(BaseSettings):
         base = urlsplit(self.base_url())
         path = f"{base.path.rstrip('/')}/{project_id}"
         return urlunsplit((base.scheme, f"{key}@{base.netloc}", path, "", ""))
+
+    def alert_email_list(self) -> list[str]:
+        """ALERT_EMAILS, comma-separated as the Error Tracker document has it."""
+        return [part.strip() for part in (self.alert_emails or "").split(",") if part.strip()]
+
+    def postmark_configured(self) -> bool:
+        return self.postmark_api_token is not None and bool(self.postmark_from_email)
 
     def logging_level(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level.upper()]

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+import hmac
+import importlib
 import logging
+import pkgutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+import rest_compat
+from app import metrics
 from app.config import Settings, load_settings
 from app.dashboard import dashboard_routes
 from app.errors import ErrorgraphError, Forbidden
 from app.graphql.context import bearer_secret
 from app.graphql.schema import graphql_app
+from app.logging import DialectRoute, RequestLogMiddleware
 from app.openapi import routes as openapi_routes
+from app.services.cleanup import RetentionCleanup
 from app.services.exports import export_chunks, export_filter, get_export_request
 from app.services.keys import viewer_for_secret
 from app.services.runtime import Runtime
-from rest_compat import airbrake, error_tracker, errorstack, infrai, proliferate, retack, sentry
-from rest_compat.common import JSONOut, error_response, runtime_of
+from rest_compat import (
+    airbrake,
+    error_tracker,
+    errorstack,
+    infrai,
+    proliferate,
+    retack,
+    sentry,
+    sourcemaps,
+)
+from rest_compat.common import JSONOut, SubmissionRoute, error_response, runtime_of
 
 log = logging.getLogger("errorgraph")
 
@@ -67,6 +84,39 @@ async def live(_request: Request) -> Response:
     return JSONOut({"status": "ok"})
 
 
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition of this process (see app/metrics.py). Open like most
+    exporters, unless ERRORGRAPH_METRICS_TOKEN is set: then `Authorization: Bearer <it>`."""
+    runtime = runtime_of(request)
+    token = runtime.settings.metrics_token
+    if token is not None:
+        given = (bearer_secret(request.headers) or "").encode()
+        if not hmac.compare_digest(given, token.get_secret_value().encode()):
+            return JSONOut(
+                {"detail": "metrics need Authorization: Bearer <ERRORGRAPH_METRICS_TOKEN>"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    body, content_type = metrics.render(
+        writer=runtime.writer, pubsub=runtime.pubsub, accept=request.headers.get("accept")
+    )
+    return Response(body, headers={"Content-Type": content_type})
+
+
+def _dialect_routes() -> list[tuple[BaseRoute, DialectRoute]]:
+    """Each route of a dialect module in rest_compat/, with the dialect (the module's name)
+    and whether clients submit events there: the routes open to browsers, which
+    `browser_route` gives to submissions only, and Infrai's ingest-scoped capabilities."""
+    found: list[tuple[BaseRoute, DialectRoute]] = []
+    for info in pkgutil.iter_modules(rest_compat.__path__):
+        module = importlib.import_module(f"{rest_compat.__name__}.{info.name}")
+        for route in getattr(module, "routes", ()):
+            scope = getattr(getattr(route, "endpoint", None), "scope", None)
+            submission = isinstance(route, SubmissionRoute) or scope == "ingest"
+            found.append((route, DialectRoute(info.name, submission)))
+    return found
+
+
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONOut({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -93,10 +143,22 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings, **options)
         app.state.runtime = runtime
+        # Retention cleanup: every process ticks, one of the deployment runs it.
+        cleanup = None
+        if settings.retention_enabled:
+            cleanup = RetentionCleanup(
+                database=runtime.database, settings=settings, clock=options.get("clock")
+            )
+            await cleanup.start()
+        app.state.retention_cleanup = cleanup
         try:
             yield
         finally:
-            await runtime.stop()
+            try:
+                if cleanup is not None:
+                    await cleanup.stop()
+            finally:
+                await runtime.stop()
 
     graphql = graphql_app(settings)
     routes = [
@@ -106,6 +168,7 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         Route("/health/ready", health, methods=["GET"]),
         Route("/health/live", live, methods=["GET"]),
+        Route("/metrics", prometheus_metrics, methods=["GET"]),
         *proliferate.routes,
         *retack.routes,
         *errorstack.routes,
@@ -113,12 +176,14 @@ def create_app(
         *error_tracker.routes,
         *infrai.routes,
         *airbrake.routes,
+        *sourcemaps.routes,
         *openapi_routes,
         *dashboard_routes(settings),
     ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(RequestLogMiddleware, dialects=_dialect_routes())],
         exception_handlers={
             HTTPException: _http_error,
             ErrorgraphError: _domain_error,

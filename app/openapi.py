@@ -34,6 +34,7 @@ from app.config import Settings
 from app.domain.event import Level
 from app.services.pagination import DEFAULT_PAGE, MAX_PAGE
 from app.services.retention import MAX_DAYS
+from app.services.sourcemaps import MAX_SOURCE_MAP_BYTES
 from rest_compat import airbrake, error_tracker, errorstack, infrai, proliferate, retack, sentry
 from rest_compat.common import JSONOut
 
@@ -292,6 +293,18 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "description": "Airbrake and Errbit: the project key (`project_key` of the notifier), "
         "or `Authorization: Bearer <key>`; both must be the same key when both are sent.",
     },
+    "MetricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`/metrics`, when `ERRORGRAPH_METRICS_TOKEN` is set: that token.",
+    },
+    "SourceMapKey": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "api_key",
+        "description": "Source maps: a project key (also as the upload's `api_key` field, or "
+        "`Authorization: Bearer`); uploading and deleting need `write`, listing `read`.",
+    },
     "SentryAuth": {
         "type": "apiKey",
         "in": "header",
@@ -360,6 +373,27 @@ def server_paths() -> dict[str, Any]:
                         },
                     },
                     **errors("Detail", 401, 403, 404),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["Server"],
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of this process",
+                "description": "The text exposition format, or OpenMetrics when `Accept` asks "
+                "for it. Open unless `ERRORGRAPH_METRICS_TOKEN` is set: then it needs "
+                "`Authorization: Bearer <that token>`.",
+                "security": [{}, {"MetricsToken": []}],
+                "responses": {
+                    "200": {
+                        "description": "The metrics",
+                        "content": {
+                            "text/plain": {"schema": STRING},
+                            "application/openmetrics-text": {"schema": STRING},
+                        },
+                    },
+                    **errors("Detail", 401),
                 },
             }
         },
@@ -879,6 +913,114 @@ def airbrake_paths() -> tuple[dict[str, Any], dict[str, Schema]]:
         },
     }
     return {"/api/v3/projects/{project_id}/notices": {"post": operation}}, schemas
+
+
+# --- Source maps ----------------------------------------------------------------------
+
+
+def sourcemaps_paths() -> tuple[dict[str, Any], dict[str, Schema]]:
+    stored = obj(
+        {
+            "id": INTEGER,
+            "release": STRING,
+            "url": STRING,
+            "name": nullable(STRING),
+            "size": INTEGER,
+            "created_at": STRING,
+        }
+    )
+    upload = {
+        "type": "object",
+        "properties": {
+            "sourcemap": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "description": "The map (version 3): a file part, or a text field with its JSON",
+            },
+            "url": {
+                "type": "string",
+                "description": "The minified file as frames name it: a full URL (that URL), "
+                "a path or `~/path` (that path on any host), or a file name; by default the "
+                "map's `file`",
+            },
+            "name": {"type": "string", "description": "A label (the file's name by default)"},
+            "api_key": {"type": "string", "description": "The key, when not in a header"},
+        },
+        "required": ["sourcemap"],
+    }
+    schemas = {
+        "SourceMap": stored,
+        "SourceMapUpload": upload,
+        "SourceMapRefusal": obj({"detail": STRING, "field": STRING}, optional=("field",)),
+    }
+    release = param(
+        "release",
+        "path",
+        # A line break ends the route's match: 404, from no endpoint.
+        {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^\\n]+$"},
+        "The release (may contain `/`, sent as it is or as `%2F`)",
+    )
+    security = [{"ProjectKeyBearer": []}, {"SourceMapKey": []}]
+    tags = ["Source maps"]
+    refusals = ("SourceMapRefusal", 400, 401, 403)
+    paths = {
+        "/api/v1/releases/{release}/sourcemaps": {
+            "post": {
+                "tags": tags,
+                "operationId": "uploadSourceMap",
+                "summary": "Upload a source map for a release",
+                "description": "Uploading again for the same release and `url` replaces the "
+                "map (same `id`). Maps resolve the minified frames of the project's events "
+                f"of that release. At most {MAX_SOURCE_MAP_BYTES // (1024 * 1024)} MiB.",
+                "security": security,
+                "parameters": [release],
+                "requestBody": {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": ref("SourceMapUpload")}},
+                },
+                "responses": {
+                    "201": response("Stored", ref("SourceMap")),
+                    **errors(*refusals, 404, 413),
+                },
+            },
+            "get": {
+                "tags": tags,
+                "operationId": "listSourceMaps",
+                "summary": "A release's source maps, in upload order",
+                "security": security,
+                "parameters": [release],
+                "responses": {
+                    "200": response(
+                        "The maps",
+                        obj(
+                            {
+                                "release": STRING,
+                                "sourcemaps": {"type": "array", "items": ref("SourceMap")},
+                            }
+                        ),
+                    ),
+                    **errors(*refusals, 404),
+                },
+            },
+        },
+        "/api/v1/releases/{release}/sourcemaps/{map_id}": {
+            "delete": {
+                "tags": tags,
+                "operationId": "deleteSourceMap",
+                "summary": "Delete a source map",
+                "security": security,
+                "parameters": [
+                    release,
+                    param("map_id", "path", {"type": "integer", "minimum": 0}, "The map's id"),
+                ],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    **errors(*refusals, 404),
+                },
+            }
+        },
+    }
+    return paths, schemas
 
 
 # --- Error Tracker --------------------------------------------------------------------
@@ -1469,6 +1611,7 @@ def openapi_document() -> dict[str, Any]:
         error_tracker_paths,
         infrai_paths,
         airbrake_paths,
+        sourcemaps_paths,
     ):
         more_paths, more_schemas = build()
         overlap = (paths.keys() & more_paths.keys()) | (schemas.keys() & more_schemas.keys())
@@ -1491,7 +1634,8 @@ def openapi_document() -> dict[str, Any]:
             {"name": "Error Tracker", "description": "Error Tracker's API"},
             {"name": "ErrorStack", "description": "ErrorStack's submit and log API"},
             {"name": "Airbrake", "description": "Airbrake's notice API v3 (Errbit too)"},
-            {"name": "Server", "description": "Health, export downloads, this document"},
+            {"name": "Source maps", "description": "Source maps for minified JavaScript"},
+            {"name": "Server", "description": "Health, metrics, export downloads, this document"},
         ],
         "paths": dict(sorted(paths.items())),
         "components": {

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import orjson
 from broadcaster import Broadcast
@@ -56,6 +56,8 @@ class GroupUpdatedMessage(TypedDict):
     group_id: int
     project_id: int
     kind: str  # NEW_EVENT | STATUS | REGRESSION | DELETED | MERGED
+    # NEW_EVENT and REGRESSION: the group's first event stored by the batch.
+    event_id: NotRequired[int]
 
 
 class BrokerUnavailable(Exception):

@@ -42,7 +42,7 @@ NO_CLIENT_LIMITS = {"ERRORGRAPH_CLIENT_RATE_LIMITS": '{"default": "", "error_tra
 
 COLUMNS = (
     "| run | server | events | accepted ev/s | p50 ms | p95 ms | p99 ms | answers "
-    "| end-to-end ev/s | peak RSS MiB |"
+    "| end-to-end ev/s | server CPU ms/event | peak RSS MiB |"
 )
 
 
@@ -60,7 +60,8 @@ def row(run: str, name: str, result: loadgen.Result) -> str:
     return (
         f"| {run} | {name} | {result.events:,} | {result.accepted_per_s:,.0f} | "
         f"{result.p50_ms:.1f} | {result.p95_ms:.1f} | {result.p99_ms:.1f} | "
-        f"{result.status_text()} | {e2e} | {result.peak_rss_mib:.0f} |"
+        f"{result.status_text()} | {e2e} | {result.server_cpu_ms_per_event:.2f} | "
+        f"{result.peak_rss_mib:.0f} |"
     )
 
 
@@ -73,6 +74,7 @@ def median_row(name: str, results: list[loadgen.Result]) -> str:
         f"| **median** | **{name}** | {results[0].events:,} | **{med('accepted_per_s'):,.0f}** | "
         f"{med('p50_ms'):.1f} | {med('p95_ms'):.1f} | {med('p99_ms'):.1f} | | "
         f"{'**' + format(e2e, ',.0f') + '**' if e2e == e2e else '-'} | "
+        f"{med('server_cpu_ms_per_event'):.2f} | "
         f"{max(r.peak_rss_mib or 0 for r in results):.0f} (max) |"
     )
 
@@ -114,6 +116,7 @@ def measure(
                 expect_visible=before,
             )
         result.peak_rss_mib = rss.peak
+        result.server_cpu_ms_per_event = rss.cpu_seconds * 1000 / max(1, result.accepted)
         return result
 
 
@@ -154,7 +157,7 @@ def compare(
         flush=True,
     )
     print(COLUMNS)
-    print("| " + " | ".join(["---"] * 2 + ["---:"] * 8) + " |", flush=True)
+    print("| " + " | ".join(["---"] * 2 + ["---:"] * 9) + " |", flush=True)
     for repeat in range(1, args.repeats + 1):
         for name, factory, shape, count, read_side in sides:
             with tempfile.TemporaryDirectory(prefix="errorgraph-bench-") as tmp:

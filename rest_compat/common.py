@@ -30,6 +30,7 @@ from app.errors import (
     QuotaExceeded,
     Unavailable,
 )
+from app.metrics import note_refusal
 from app.services.runtime import Runtime
 
 STATUS_BY_ERROR: dict[type[ErrorgraphError], int] = {
@@ -56,6 +57,9 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def status_for(exc: ErrorgraphError) -> int:
+    """The status answering `exc`. Every REST answer to a domain error passes here, so it
+    also tells the request's metrics why the request was refused."""
+    note_refusal(type(exc))
     for cls in type(exc).__mro__:
         if cls in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[cls]  # type: ignore[index]
@@ -199,6 +203,10 @@ def _plain_options(
     return dispatch
 
 
+class SubmissionRoute(Route):
+    """A route where clients submit events: its refusals count as rejected events."""
+
+
 def browser_route(path: str, endpoint: Callable[..., Any], *, methods: list[str]) -> Route:
     """A route that web pages on any origin may call.
 
@@ -217,7 +225,7 @@ def browser_route(path: str, endpoint: Callable[..., Any], *, methods: list[str]
         allow_headers=["*"],
         max_age=86_400,
     )
-    return Route(path, app, methods=[*sorted(allowed), "OPTIONS"])
+    return SubmissionRoute(path, app, methods=[*sorted(allowed), "OPTIONS"])
 
 
 # --- Compressed bodies, decoded as they stream in, within limits ----------------------

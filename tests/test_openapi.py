@@ -219,7 +219,7 @@ class FuzzTarget:
             case.query["key"] = ingest
         elif path.startswith(("/api/errors", "/api/projects")):
             case.headers["X-API-Key"] = api_key
-        elif path.startswith("/v1/errors/"):
+        elif path.startswith(("/v1/errors/", "/api/v1/releases/")):
             case.headers["Authorization"] = f"Bearer {api_key}"
         elif path.startswith("/export/"):
             case.headers["Authorization"] = f"Bearer {self.project['token']}"

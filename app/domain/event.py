@@ -114,8 +114,23 @@ class _Model(BaseModel):
         return value
 
 
+class MinifiedFrame(_Model):
+    """Where a frame was in minified code, kept when a source map resolved it: what the
+    client reported, for display and for checking a map (see `app.domain.sourcemap`)."""
+
+    filename: PathStr | None = None
+    abs_path: PathStr | None = None
+    function: NameStr | None = None
+    lineno: int | None = None
+    colno: int | None = None
+
+
 class Frame(_Model):
-    """One stack frame. Every field is optional: parsers fill what the format carries."""
+    """One stack frame. Every field is optional: parsers fill what the format carries.
+
+    `minified` is set only on frames resolved through a source map; the other fields
+    then describe the original source.
+    """
 
     filename: PathStr | None = None
     abs_path: PathStr | None = None
@@ -129,6 +144,7 @@ class Frame(_Model):
     post_context: list[TextStr] = Field(default_factory=list, max_length=50)
     vars: dict[str, Any] = Field(default_factory=dict)
     platform: ShortStr | None = None
+    minified: MinifiedFrame | None = None
 
 
 class ExceptionIn(_Model):

@@ -33,6 +33,7 @@ from .types import (
     LogMessageType,
     ProjectKeyType,
     ProjectType,
+    RetentionRunType,
     RetentionType,
     connection,
     events_connection,
@@ -260,6 +261,35 @@ class Query:
             default_days=info.context.runtime.settings.retention_days,
         )
         return RetentionType.from_retention(value)
+
+    @strawberry.field(
+        description="Runs of the retention cleanup, newest first: of a project, or of every "
+        "project the caller sees."
+    )
+    async def retention_runs(
+        self,
+        info: Info,
+        project_id: strawberry.ID | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> Connection[RetentionRunType]:
+        parsed = await readable_project(info, project_id)
+        viewer = await info.context.require("read")
+        sessions = info.context.sessions
+        page = await retention_service.list_retention_runs(
+            sessions=sessions,
+            project_id=parsed,
+            visible=viewer.project_ids,
+            first=first,
+            after=after,
+        )
+
+        async def count() -> int:
+            return await retention_service.count_retention_runs(
+                sessions=sessions, project_id=parsed, visible=viewer.project_ids
+            )
+
+        return connection(page, RetentionRunType.from_row, count)
 
 
 async def _people(

@@ -19,17 +19,20 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.tools import merge_types
 from strawberry.types.unset import UNSET, UnsetType
 
 from app.config import Settings
 from app.errors import ErrorgraphError
 from app.services.runtime import Runtime
 
+from .alerts import AlertMutation, AlertQuery
 from .context import Context, Loaders, bearer_secret
 from .errors import ErrorCodes
 from .ide import graphiql_page
 from .mutations import Mutation
 from .queries import Query
+from .sourcemaps import SourceMapMutation, SourceMapQuery
 from .subscriptions import Subscription
 
 MAX_DEPTH = 12
@@ -51,8 +54,8 @@ class Schema(strawberry.Schema):
 
 
 schema = Schema(
-    query=Query,
-    mutation=Mutation,
+    query=merge_types("Query", (Query, AlertQuery, SourceMapQuery)),
+    mutation=merge_types("Mutation", (Mutation, AlertMutation, SourceMapMutation)),
     subscription=Subscription,
     extensions=[
         partial(QueryDepthLimiter, max_depth=MAX_DEPTH),

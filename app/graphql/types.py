@@ -16,6 +16,7 @@ from app.models import Account, AffectedUser, Event, Group, Project, ProjectKey
 from app.services import events as event_service
 from app.services import issues as issue_service
 from app.services import people as people_service
+from app.services import retention as retention_service
 from app.services.events import EventFilter
 from app.services.pagination import Page
 from app.services.retention import Retention
@@ -193,6 +194,27 @@ class ProjectKeyType:
         )
 
 
+@strawberry.type(name="MinifiedFrame")
+class MinifiedFrameType:
+    filename: str | None
+    abs_path: str | None
+    function: str | None
+    lineno: int | None
+    colno: int | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> MinifiedFrameType | None:
+        if not data:
+            return None
+        return cls(
+            filename=data.get("filename"),
+            abs_path=data.get("abs_path"),
+            function=data.get("function"),
+            lineno=data.get("lineno"),
+            colno=data.get("colno"),
+        )
+
+
 @strawberry.type(name="Frame")
 class FrameType:
     filename: str | None
@@ -206,6 +228,9 @@ class FrameType:
     pre_context: list[str]
     post_context: list[str]
     vars: JSON | None
+    minified: MinifiedFrameType | None = strawberry.field(
+        description="Where the frame was in minified code, when a source map resolved it."
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrameType:
@@ -221,6 +246,7 @@ class FrameType:
             pre_context=list(data.get("pre_context") or []),
             post_context=list(data.get("post_context") or []),
             vars=data.get("vars") or None,
+            minified=MinifiedFrameType.from_dict(data.get("minified")),
         )
 
 
@@ -644,6 +670,44 @@ async def events_connection(
     return connection(page, EventType.from_row, count)
 
 
+@strawberry.enum(name="RetentionRunStatus")
+class RetentionRunStatusEnum(Enum):
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+
+
+@strawberry.type(name="RetentionRun", description="One run of the retention cleanup.")
+class RetentionRunType:
+    id: strawberry.ID
+    project_id: strawberry.ID | None
+    started_at: datetime
+    finished_at: datetime | None
+    status: RetentionRunStatusEnum
+    events_deleted: int
+    groups_deleted: int
+    exported_to: str | None = strawberry.field(
+        description="The export file (a file:// URL) written before deleting, if any."
+    )
+    error: str | None = strawberry.field(
+        description="Why the run failed. When the export failed, nothing was deleted."
+    )
+
+    @classmethod
+    def from_row(cls, row: Any) -> RetentionRunType:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            project_id=strawberry.ID(str(row.project_id)) if row.project_id else None,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            status=RetentionRunStatusEnum(row.status),
+            events_deleted=row.events_deleted,
+            groups_deleted=row.groups_deleted,
+            exported_to=row.exported_to,
+            error=row.error,
+        )
+
+
 @strawberry.type(name="RetentionPolicy")
 class RetentionType:
     project_id: strawberry.ID | None
@@ -653,6 +717,19 @@ class RetentionType:
     is_default: bool = strawberry.field(
         description="True when the project inherits the server's policy."
     )
+
+    @strawberry.field(
+        description="The newest cleanup run of this project; for the server default, of "
+        "any project the caller sees."
+    )
+    async def last_run(self, info: Info) -> RetentionRunType | None:
+        viewer = await info.context.require("read")
+        row = await retention_service.latest_retention_run(
+            sessions=info.context.sessions,
+            project_id=int(self.project_id) if self.project_id else None,
+            visible=viewer.project_ids,
+        )
+        return RetentionRunType.from_row(row) if row else None
 
     @classmethod
     def from_retention(cls, value: Retention) -> RetentionType:

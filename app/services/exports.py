@@ -2,18 +2,25 @@
 
 The download is an `ExportRequest` row that remembers the filter and what the requester
 could see; `/export/{id}` streams the rows in id order, a batch at a time, so an export
-of millions of events never sits in memory.
+of millions of events never sits in memory. `write_export` writes the same rows to a
+file (the CLI's `errorgraph export`), and `AtomicFile` is how any export file is written:
+it appears under its name complete and on disk, or not at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import os
 import secrets
-from collections.abc import AsyncIterator
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import orjson
 from sqlalchemy import select
@@ -229,3 +236,93 @@ def export_filter(request: ExportRequest, visible: frozenset[int] | None) -> Eve
         until=request.until,
     )
     return replace(base, visible=allowed)
+
+
+class AtomicFile:
+    """A file that appears under its final name only once it is complete and on disk.
+
+    Written to a temporary file in the same directory (so the rename cannot cross file
+    systems), then `commit` flushes, fsyncs, renames over the final name and fsyncs the
+    directory so the rename itself survives a power cut. `discard` removes the temporary
+    file. Methods are blocking (run them in a thread from async code) and serialised by a
+    lock: a `discard` after a cancelled `write` waits for that write to end first.
+    The temporary file is created readable by its owner only: exports hold personal data.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self._temporary = Path(temporary)
+        self._raw: IO[bytes] = os.fdopen(fd, "wb")
+        self._lock = threading.Lock()
+        self._done = False
+
+    @property
+    def raw(self) -> IO[bytes]:
+        """The temporary file, for a wrapper (gzip) that must be closed before `commit`."""
+        return self._raw
+
+    def locked(self) -> threading.Lock:
+        """The lock, for a wrapper writing to `raw`: `with target.locked(): …`."""
+        return self._lock
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._raw.write(data)
+
+    def commit(self) -> Path:
+        with self._lock:
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            os.replace(self._temporary, self.path)
+            self._done = True
+            directory = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return self.path
+
+    def discard(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            self._raw.close()
+            self._temporary.unlink(missing_ok=True)
+
+
+async def write_export(
+    *,
+    sessions: Sessions,
+    where: EventFilter,
+    format: ExportFormat,
+    output: Path,
+    on_rows: Callable[[int], None] | None = None,
+) -> int:
+    """Write the export of `where` to `output` atomically, in the download's shapes (a JSON
+    array, or CSV with a header line); `on_rows(n)` hears of every `n` rows written.
+    Returns the number of rows."""
+    target = await asyncio.to_thread(AtomicFile, output)
+    rows = 0
+    try:
+        await asyncio.to_thread(target.write, (_csv_header() if format == "CSV" else "[").encode())
+        async for batch in _batches(sessions, where, limit=None):
+            if format == "CSV":
+                text = "".join(_csv_line(event_record(event)) for event in batch)
+            else:
+                text = ("," if rows else "") + ",".join(
+                    orjson.dumps(event_record(event)).decode() for event in batch
+                )
+            await asyncio.to_thread(target.write, text.encode())
+            rows += len(batch)
+            if on_rows is not None:
+                on_rows(len(batch))
+        if format == "JSON":
+            await asyncio.to_thread(target.write, b"]")
+        await asyncio.to_thread(target.commit)
+    except BaseException:
+        await asyncio.to_thread(target.discard)
+        raise
+    return rows

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,10 +30,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app import metrics
 from app.db import Database
 from app.domain.event import EventIn, EventType
 from app.domain.grouping import Grouping, grouping_for_event, title_and_culprit
 from app.domain.scrubbing import ScrubRules, scrub_event
+from app.domain.sourcemap import LoadedSourceMap, resolve_event
 from app.domain.stacktrace import parse_stacktrace
 from app.errors import InvalidInput, Unavailable
 from app.models import (
@@ -48,6 +51,7 @@ from app.models import (
 )
 from app.pubsub import EVENT_CAPTURED, GROUP_CREATED, GROUP_UPDATED, PubSub
 from app.services.quotas import Quotas
+from app.services.sourcemaps import source_maps_for_events
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +94,16 @@ class PreparedEvent:
 
 
 def prepare_event(
-    event: EventIn, *, strategy: str, project_id: int, project_name: str | None = None
+    event: EventIn,
+    *,
+    strategy: str,
+    project_id: int,
+    project_name: str | None = None,
+    source_maps: dict[str, LoadedSourceMap] | None = None,
 ) -> PreparedEvent:
-    """Parse raw stack text into frames when the client sent only text, then fingerprint.
+    """Parse raw stack text into frames when the client sent only text, resolve minified
+    frames through `source_maps` (keyed by frame file, see `source_maps_for_events`),
+    then fingerprint.
 
     When the client named the exception type or value itself, those win over what the
     text says; unknown stack formats keep the raw text and group by message. The
@@ -113,6 +124,9 @@ def prepare_event(
                     }
                 )
             event = event.model_copy(update={"exceptions": parsed})
+    if source_maps:
+        # Before grouping: a new minified build of the same code must not be a new issue.
+        event = resolve_event(event, source_maps)
     if event.type is EventType.EXCEPTION and not event.exceptions and not event.message:
         raise InvalidInput("an exception event needs an exception or a message", field="exception")
     grouping = grouping_for_event(
@@ -137,18 +151,25 @@ async def ingest_events(
     """
     assert project.id is not None
     rules = ScrubRules.for_project(project.scrub_fields, project.scrub_ip_addresses)
+    scrubbed = [scrub_event(event, rules) for event in events]
+    source_maps = await source_maps_for_events(
+        sessions=writer._database.sessions, project_id=project.id, events=scrubbed
+    )
     prepared = [
         prepare_event(
-            scrub_event(event, rules),
+            event,
             strategy=project.grouping_strategy,
             project_id=project.id,
             project_name=project.name,
+            source_maps=maps,
         )
-        for event in events
+        for event, maps in zip(scrubbed, source_maps, strict=True)
     ]
     if writer.quotas is not None:
         await writer.quotas.check_events(project=project, key_id=key_id, count=len(prepared))
-    return await writer.submit(project_id=project.id, events=prepared)
+    results = await writer.submit(project_id=project.id, events=prepared)
+    metrics.count_accepted(event.dialect for event in events)
+    return results
 
 
 @dataclass
@@ -235,6 +256,11 @@ class BatchWriter:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def queue_depth(self) -> int:
+        """Submissions waiting for the writer (for metrics)."""
+        return self._queue.qsize()
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="errorgraph-batch-writer")
         self._publisher = asyncio.create_task(self._publish_loop(), name="errorgraph-publisher")
@@ -290,6 +316,7 @@ class BatchWriter:
                 await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             results, messages = await self._write(batch)
         except Exception as exc:
@@ -304,6 +331,9 @@ class BatchWriter:
                 batch[0].future.set_exception(error)
             return
         self.batches_written += 1
+        metrics.observe_batch(
+            events=sum(len(item.events) for item in batch), seconds=time.perf_counter() - started
+        )
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
@@ -555,11 +585,25 @@ async def _write_batch(
                 },
             )
         )
+    # A group's first new event of the batch names this update everywhere: processes
+    # that all receive it agree on it (alerts dedupe a regression by it).
+    first_new: dict[int, int] = {}
+    for row in event_rows:
+        row_id = new_ids[(row["project_id"], row["event_id"])]
+        first_new[row["group_id"]] = min(row_id, first_new.get(row["group_id"], row_id))
     for key, row in group_rows.items():
         if key in groups:
             kind = "REGRESSION" if row["id"] in regressed else "NEW_EVENT"
             messages.append(
-                (GROUP_UPDATED, {"group_id": row["id"], "project_id": key[0], "kind": kind})
+                (
+                    GROUP_UPDATED,
+                    {
+                        "group_id": row["id"],
+                        "project_id": key[0],
+                        "kind": kind,
+                        "event_id": first_new[row["id"]],
+                    },
+                )
             )
     return results, messages
 

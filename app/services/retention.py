@@ -1,19 +1,24 @@
-"""Retention policies: how long each project's events are kept (the cleanup task that
-applies them comes with the operations work)."""
+"""Retention policies: how long each project's events are kept; and the record of the
+cleanup runs that apply them (the task itself is `app.services.cleanup`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from sqlalchemy import select
 
 from app.errors import InvalidInput, NotFound
-from app.models import Project, RetentionPolicy, utcnow
+from app.models import Project, RetentionPolicy, RetentionRun, utcnow
 from app.services.common import Sessions
+from app.services.pagination import Page, build_page, decode_cursor, page_size
 
 MAX_DAYS = 3650
 MAX_DESTINATION = 1000  # the column's length
+RUNS_ORDER = "RETENTION_RUNS"
 
 
 @dataclass(frozen=True)
@@ -126,3 +131,84 @@ async def set_retention(
         row.export_destination = destination
         row.updated_at = utcnow()
     return _as_retention(row, project_id, inherited=False)
+
+
+async def retention_for_projects(
+    *, sessions: Sessions, project_ids: Iterable[int], default_days: int = 90
+) -> dict[int, Retention]:
+    """The policy in force for each project, as `get_retention` gives it, in one query."""
+    wanted = sorted(set(project_ids))
+    async with sessions() as session:
+        rows = (
+            await session.scalars(
+                select(RetentionPolicy).where(
+                    RetentionPolicy.project_id.in_(wanted)  # type: ignore[union-attr]
+                    | RetentionPolicy.project_id.is_(None)  # type: ignore[union-attr]
+                )
+            )
+        ).all()
+    own = {row.project_id: row for row in rows if row.project_id is not None}
+    server = next((row for row in rows if row.project_id is None), None)
+    found: dict[int, Retention] = {}
+    for project_id in wanted:
+        if project_id in own:
+            found[project_id] = _as_retention(own[project_id], project_id, inherited=False)
+        elif server is not None:
+            found[project_id] = _as_retention(server, project_id, inherited=True)
+        else:
+            found[project_id] = Retention(
+                project_id=project_id,
+                days=default_days,
+                auto_export_before_cleanup=False,
+                export_destination=None,
+                is_default=True,
+            )
+    return found
+
+
+def _runs_query(project_id: int | None, visible: frozenset[int] | None) -> Any:
+    query = select(RetentionRun)
+    if project_id is not None:
+        query = query.where(RetentionRun.project_id == project_id)
+    if visible is not None:
+        query = query.where(RetentionRun.project_id.in_(sorted(visible)))  # type: ignore[union-attr]
+    return query
+
+
+async def list_retention_runs(
+    *,
+    sessions: Sessions,
+    project_id: int | None = None,
+    visible: frozenset[int] | None = None,
+    first: int | None = None,
+    after: str | None = None,
+) -> Page[RetentionRun]:
+    """Cleanup runs, newest first: of one project, or of every project in `visible`
+    (None: all)."""
+    size = page_size(first)
+    query = _runs_query(project_id, visible)
+    if after:
+        _, row_id = decode_cursor(after, RUNS_ORDER)
+        query = query.where(RetentionRun.id < row_id)  # type: ignore[operator]
+    query = query.order_by(RetentionRun.id.desc()).limit(size + 1)  # type: ignore[union-attr]
+    async with sessions() as session:
+        rows = (await session.scalars(query)).all()
+    return build_page(rows, size=size, order=RUNS_ORDER, key=lambda run: (run.id, run.id))
+
+
+async def count_retention_runs(
+    *, sessions: Sessions, project_id: int | None = None, visible: frozenset[int] | None = None
+) -> int:
+    query = sa.select(sa.func.count()).select_from(_runs_query(project_id, visible).subquery())
+    async with sessions() as session:
+        return int(await session.scalar(query) or 0)
+
+
+async def latest_retention_run(
+    *, sessions: Sessions, project_id: int | None = None, visible: frozenset[int] | None = None
+) -> RetentionRun | None:
+    """The newest run of a project (of any project in `visible` when `project_id` is None)."""
+    page = await list_retention_runs(
+        sessions=sessions, project_id=project_id, visible=visible, first=1
+    )
+    return page.items[0] if page.items else None

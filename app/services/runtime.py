@@ -12,6 +12,7 @@ from app.config import Settings
 from app.db import Database, create_database, database_ok, upgrade_database
 from app.models import utcnow
 from app.pubsub import PubSub
+from app.services.alerts import AlertDispatcher
 from app.services.ingest import BatchWriter, Clock
 from app.services.quotas import Quotas
 
@@ -22,6 +23,7 @@ class Runtime:
     database: Database
     pubsub: PubSub
     writer: BatchWriter
+    alerts: AlertDispatcher | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, clock: Clock = utcnow) -> Runtime:
@@ -44,13 +46,23 @@ class Runtime:
             quotas=quotas,
         )
         await writer.start()
-        return cls(settings=settings, database=database, pubsub=pubsub, writer=writer)
+        alerts = None
+        if settings.alerts_enabled:
+            alerts = AlertDispatcher(
+                database=database, pubsub=pubsub, settings=settings, clock=clock
+            )
+            await alerts.start()
+        return cls(
+            settings=settings, database=database, pubsub=pubsub, writer=writer, alerts=alerts
+        )
 
     async def stop(self) -> None:
         """Finish writing what was accepted before closing anything it needs."""
         try:
             await self.writer.stop()
         finally:
+            if self.alerts is not None:
+                await self.alerts.stop()
             await self.pubsub.disconnect()
             if self.writer.quotas is not None:
                 await self.writer.quotas.close()

@@ -243,6 +243,7 @@ async def test_publishes_ids_after_commit(runtime: Runtime, project: CreatedProj
             "group_id": group_id,
             "project_id": project_id,
             "kind": "NEW_EVENT",
+            "event_id": min(r.id for r in results),
         }
     ]
 
