@@ -80,6 +80,7 @@ from rest_compat.common import (
     browser_route,
     client_ip,
     error_response,
+    limit_client,
     parse_json,
     read_decoded_body,
     runtime_of,
@@ -377,6 +378,7 @@ def _answer_error(exc: ErrorgraphError) -> Response:
 async def create_notice(request: Request) -> Response:
     runtime = runtime_of(request)
     try:
+        await limit_client(request, dialect="airbrake")
         grant = await _grant(request)
         limit = runtime.settings.max_body_bytes
         body = parse_json(await read_decoded_body(request, limit=limit, decoded_limit=limit))
@@ -385,7 +387,9 @@ async def create_notice(request: Request) -> Response:
             event = event_from_notice(notice, ip=client_ip(request))
         except ValidationError as exc:
             raise _invalid(exc) from None
-        [result] = await ingest_events(writer=runtime.writer, project=grant.project, events=[event])
+        [result] = await ingest_events(
+            writer=runtime.writer, project=grant.project, events=[event], key_id=grant.key_id
+        )
     except ErrorgraphError as exc:
         return _answer_error(exc)
     url = f"{runtime.settings.base_url().rstrip('/')}/#/issues/{result.group_id}"

@@ -45,7 +45,16 @@ from app.db import create_database, upgrade_database
 from app.main import create_app
 from app.models import Event, LogMessage
 from app.services.keys import CreatedProject, create_project, create_project_key
-from rest_compat import error_tracker, errorstack, infrai, proliferate, retack, sentry
+from rest_compat import (
+    airbrake,
+    error_tracker,
+    errorstack,
+    infrai,
+    proliferate,
+    retack,
+    sentry,
+    sourcemaps,
+)
 
 SECRET = "s3cr3t-Hunter2-value"
 CARD = "4111 1111 1111 1111"
@@ -59,6 +68,7 @@ DIALECT_ROUTES: dict[str, list[Route]] = {
     "errorstack": errorstack.routes,
     "error_tracker": error_tracker.routes,
     "infrai": [route for route in infrai.routes if isinstance(route.app, infrai.Capability)],
+    "airbrake": airbrake.routes,
 }
 
 
@@ -108,6 +118,9 @@ def assert_rate_limited(where: object, response: httpx.Response, dialect: str) -
         assert re.fullmatch(r"\d+::ip:ip_rate_limit", response.headers["x-sentry-rate-limits"])
     elif dialect == "infrai":
         assert response.json()["error"]["code"] == "RATE_LIMITED"
+    elif dialect == "airbrake":
+        assert "too many requests" in response.json()["message"]
+        assert response.headers["x-ratelimit-delay"] == response.headers["retry-after"]
     else:
         assert "too many requests" in response.json()["detail"]
 
@@ -304,7 +317,29 @@ async def send_infrai(http: httpx.AsyncClient, project: CreatedProject, n: int) 
     )
 
 
+async def send_airbrake(http: httpx.AsyncClient, project: CreatedProject, n: int) -> httpx.Response:
+    return await http.post(
+        f"/api/v3/projects/{project.project.id}/notices",
+        params={"key": project.ingest_key.secret},
+        json={
+            "errors": [
+                {
+                    "type": "AuthError",
+                    "message": f"login {n} refused for password={SECRET}",
+                    "backtrace": [
+                        {"file": "/PROJECT_ROOT/app/auth.rb", "line": 7, "function": "login"}
+                    ],
+                }
+            ],
+            "context": {"url": f"https://shop.test/login?token={SECRET}", "severity": "error"},
+            "params": {"password": SECRET, "card": CARD},
+            "session": {"api_key": SECRET},
+        },
+    )
+
+
 SENDERS: dict[str, Sender] = {
+    "airbrake": send_airbrake,
     "sentry": send_sentry,
     "proliferate": send_proliferate,
     "retack": send_retack,
@@ -566,6 +601,13 @@ def test_each_dialect_refuses_an_announced_oversized_body_unread(live_server: Li
         ("POST", "/v1/errors/capture", {"Authorization": f"Bearer {key}"}, default),
         ("POST", "/v1/errors/message", {"Authorization": f"Bearer {key}"}, default),
         ("PUT", "/v1/errors/retention/set", {"Authorization": f"Bearer {api}"}, default),
+        ("POST", f"/api/v3/projects/{pid}/notices?key={key}", {}, default),
+        (
+            "POST",
+            "/api/v1/releases/1.0/sourcemaps",
+            {"Authorization": f"Bearer {api}"},
+            sourcemaps.MAX_SOURCE_MAP_BYTES + sourcemaps.MAX_FORM_OVERHEAD,
+        ),
     ]
     assert error_tracker.MAX_BODY_BYTES == 256 * 1024 and 20 * MiB == sentry.MAX_BODY_BYTES
     for method, target, headers, limit in cases:
