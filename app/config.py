@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     events_per_minute: int | None = Field(default=None, ge=0)
     events_per_hour: int | None = Field(default=None, ge=0)
 
+    # How long a process trusts a project key it looked up (and its project's settings);
+    # changes made through another process take effect here within this time. 0: never.
+    key_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
+
     # The batch writer: how many events one transaction takes at most, and how long the
     # first caller waits for others to join (milliseconds). Larger batches raise
     # throughput on SQLite; the wait bounds the latency it costs.

@@ -4,16 +4,29 @@ Secrets are random 128-bit values, so a plain SHA-256 is enough to make a leaked
 database useless to an attacker (no dictionary to try) while keeping the lookup on every
 ingest request to one indexed equality. The stored hash is compared again in constant
 time. A secret is shown once, when created.
+
+Ingest looks a key up on every request, and that lookup (a session, a query, a hop to the
+database thread and back) was a seventh of the work of a one-event request. So each
+process remembers the keys it found, with their project, for `key_cache_seconds`
+(`ERRORGRAPH_KEY_CACHE_SECONDS`, 5 s by default; 0 turns it off), as Sentry's Relay keeps
+project configurations. A key revoked or a project changed through this process takes
+effect here with the next request (the entries are dropped); another process sees it
+within that time. Unknown keys are never remembered: each guess costs a query, and the
+per-address limit bounds the guesses. Revocation times and scopes are checked on every
+request, cached or not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import re
 import secrets
+import time
 import unicodedata
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -92,6 +105,47 @@ class KeyGrant:
     project: Project
     key_id: int
     scopes: frozenset[str]
+
+
+@dataclass
+class KeyCache:
+    """The keys one process found lately, per database (see the module's docstring)."""
+
+    seconds: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    max_entries: int = 10_000
+    entries: dict[str, tuple[float, ProjectKey, Project]] = dataclasses.field(default_factory=dict)
+
+    def get(self, digest: str) -> tuple[ProjectKey, Project] | None:
+        found = self.entries.get(digest)
+        if found is None:
+            return None
+        if found[0] <= self.clock():
+            del self.entries[digest]
+            return None
+        return found[1], found[2]
+
+    def put(self, digest: str, key: ProjectKey, project: Project) -> None:
+        if self.seconds <= 0:
+            return
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        self.entries[digest] = (self.clock() + self.seconds, key, project)
+
+    def forget_project(self, project_id: int) -> None:
+        for digest in [d for d, (_, _, p) in self.entries.items() if p.id == project_id]:
+            del self.entries[digest]
+
+
+_key_caches: weakref.WeakKeyDictionary[Sessions, KeyCache] = weakref.WeakKeyDictionary()
+
+
+def key_cache_for(sessions: Sessions) -> KeyCache:
+    """The key cache of the database behind `sessions` (the runtime sets its lifetime)."""
+    cache = _key_caches.get(sessions)
+    if cache is None:
+        cache = _key_caches[sessions] = KeyCache()
+    return cache
 
 
 @dataclass(frozen=True)
@@ -328,7 +382,8 @@ async def update_project_settings(
     `scrub_fields` are key names filtered on top of the defaults (None or empty: none);
     `scrub_ip_addresses` drops client addresses before storage. `events_per_minute` and
     `events_per_hour` are the project keys' quotas: None takes the server's default, 0
-    means no limit. Takes effect with the next request, in every process.
+    means no limit. Takes effect with the next request in this process, in the others
+    within their key cache's lifetime.
     """
     changes: dict[str, object] = {}
     if scrub_fields is not KEEP:
@@ -345,6 +400,7 @@ async def update_project_settings(
             raise NotFound(f"no project {project_id}", field="project")
         for name, value in changes.items():
             setattr(project, name, value)
+    key_cache_for(sessions).forget_project(project_id)
     return project
 
 
@@ -372,6 +428,7 @@ async def revoke_project_key(*, sessions: Sessions, key_id: int) -> ProjectKey:
             raise NotFound(f"no key {key_id}", field="id")
         if key.revoked_at is None:
             key.revoked_at = utcnow()
+    key_cache_for(sessions).forget_project(key.project_id)
     return key
 
 
@@ -407,16 +464,20 @@ async def grant_for_project_key(
     if not secret:
         raise InvalidKey("no key given")
     digest = hash_secret(secret)
-    async with sessions() as session:
-        row = (
-            await session.execute(
-                select(ProjectKey, Project)
-                .join(Project, Project.id == ProjectKey.project_id)  # type: ignore[arg-type]
-                .where(ProjectKey.key_hash == digest)
-            )
-        ).first()
-    if row is None or not hmac.compare_digest(row[0].key_hash, digest):
-        raise InvalidKey("invalid key")
+    cache = key_cache_for(sessions)
+    row = cache.get(digest)
+    if row is None:
+        async with sessions() as session:
+            row = (
+                await session.execute(
+                    select(ProjectKey, Project)
+                    .join(Project, Project.id == ProjectKey.project_id)  # type: ignore[arg-type]
+                    .where(ProjectKey.key_hash == digest)
+                )
+            ).first()
+        if row is None or not hmac.compare_digest(row[0].key_hash, digest):
+            raise InvalidKey("invalid key")
+        cache.put(digest, row[0], row[1])
     key, project = row
     if key.revoked_at is not None and key.revoked_at <= (now or utcnow()):
         raise InvalidKey("key revoked")

@@ -12,7 +12,9 @@ from app.services.keys import (
     create_project,
     grant_for_project_key,
     grant_for_token,
+    key_cache_for,
     revoke_project_key,
+    update_project_settings,
 )
 from app.services.runtime import Runtime
 
@@ -62,6 +64,61 @@ async def test_unknown_and_revoked(runtime: Runtime, project: CreatedProject):
     await revoke_project_key(sessions=sessions, key_id=project.ingest_key.key.id)
     with pytest.raises(InvalidKey):
         await grant_for_project_key(sessions=sessions, secret=project.ingest_key.secret)
+
+
+async def test_keys_are_remembered_for_a_while(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    cache = key_cache_for(sessions)
+    assert cache.seconds == runtime.settings.key_cache_seconds == 5
+    now = [1000.0]
+    cache.clock = lambda: now[0]
+    secret = project.ingest_key.secret
+    assert (await grant_for_project_key(sessions=sessions, secret=secret)).project.scrub_fields in (
+        None,
+        [],
+    )
+    # Another process revokes the key and changes the project, straight in the database.
+    async with sessions.begin() as session:
+        await session.execute(
+            text("UPDATE project_key SET revoked_at = '2000-01-01 00:00:00' WHERE id = :id"),
+            {"id": project.ingest_key.key.id},
+        )
+        await session.execute(text("""UPDATE project SET scrub_fields = '["iban"]'"""))
+    now[0] += 4.9
+    grant = await grant_for_project_key(sessions=sessions, secret=secret)
+    assert grant.project.scrub_fields in (None, [])
+    now[0] += 0.2
+    with pytest.raises(InvalidKey, match="revoked"):
+        await grant_for_project_key(sessions=sessions, secret=secret)
+    # A key first looked up after the change sees the project as it is now.
+    assert project.api_key.key.id is not None
+    assert (
+        await grant_for_project_key(sessions=sessions, secret=project.api_key.secret)
+    ).project.scrub_fields == ["iban"]
+
+
+async def test_changes_made_here_take_effect_at_once(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    key_cache_for(sessions).clock = lambda: 0.0  # nothing would expire by itself
+    secret = project.api_key.secret
+    assert project.project.id is not None and project.api_key.key.id is not None
+    await grant_for_project_key(sessions=sessions, secret=secret)
+    await update_project_settings(
+        sessions=sessions, project_id=project.project.id, scrub_fields=["iban"]
+    )
+    assert (await grant_for_project_key(sessions=sessions, secret=secret)).project.scrub_fields == [
+        "iban"
+    ]
+    await revoke_project_key(sessions=sessions, key_id=project.api_key.key.id)
+    with pytest.raises(InvalidKey, match="revoked"):
+        await grant_for_project_key(sessions=sessions, secret=secret)
+
+
+async def test_unknown_keys_are_not_remembered(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    with pytest.raises(InvalidKey):
+        await grant_for_project_key(sessions=sessions, secret="pk_" + "1" * 32)
+    assert key_cache_for(sessions).entries == {}
 
 
 async def test_tokens(runtime: Runtime, project: CreatedProject):
