@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 TRUNCATION_MARKER = "…[truncated]"
@@ -37,15 +38,29 @@ def without_nul(value: Any) -> Any:
 
     PostgreSQL refuses NUL in text and JSON, and no tracker needs it; removing it here
     keeps one database from rejecting what the other accepts. Returns `value` itself
-    when there is nothing to remove (the common case costs one walk, no copies).
+    when there is nothing to remove: the common case, found by serialising the value once
+    in C (orjson writes NUL as `\\u0000`) rather than walking it in Python, which was a
+    twentieth of ingest's time.
     """
     if isinstance(value, str):
         return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict | list):
+        try:
+            if b"\\u0000" not in orjson.dumps(value):
+                return value
+        except TypeError:
+            pass  # not JSON as orjson writes it (keys that are not text, deep nesting): walk
+    return _walk_without_nul(value)
+
+
+def _walk_without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
     if isinstance(value, dict):
-        cleaned = {without_nul(k): without_nul(v) for k, v in value.items()}
+        cleaned = {_walk_without_nul(k): _walk_without_nul(v) for k, v in value.items()}
         return value if cleaned == value else cleaned
     if isinstance(value, list):
-        items = [without_nul(item) for item in value]
+        items = [_walk_without_nul(item) for item in value]
         return value if items == value else items
     return value
 

@@ -253,13 +253,15 @@ def scrub_text(text: str, rules: ScrubRules) -> str:
     if not text:
         return text
     if len(text) <= CACHED_TEXT_LENGTH:
-        return _scrub_short_text(text, rules)
+        # Keyed by the key parts alone (the text rules use nothing else of the rules):
+        # a tuple hashes in C, the dataclass's generated hash in Python.
+        return _scrub_short_text(text, rules.extra_keys)
     return _scrub_text(text, rules)
 
 
 @lru_cache(maxsize=8192)
-def _scrub_short_text(text: str, rules: ScrubRules) -> str:
-    return _scrub_text(text, rules)
+def _scrub_short_text(text: str, extra_keys: tuple[str, ...]) -> str:
+    return _scrub_text(text, ScrubRules(extra_keys=extra_keys))
 
 
 def _scrub_text(text: str, rules: ScrubRules) -> str:

@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -190,6 +192,7 @@ async def create_alert_rule(
             raise NotFound(f"no project {project_id}", field="projectId")
         rule = AlertRule(project_id=project_id, enabled=enabled, created_at=utcnow(), **values)
         session.add(rule)
+    _forget_rules(sessions, project_id)
     return rule
 
 
@@ -269,6 +272,7 @@ async def update_alert_rule(
                 setattr(rule, key, value)
         if enabled is not None:
             rule.enabled = enabled
+    _forget_rules(sessions, rule.project_id)
     return rule
 
 
@@ -286,7 +290,30 @@ async def delete_alert_rule(*, sessions: Sessions, rule_id: int) -> AlertRule:
             )
         await session.execute(sa.delete(AlertDelivery).where(AlertDelivery.rule_id == rule_id))  # type: ignore[arg-type]
         await session.delete(rule)
+    _forget_rules(sessions, rule.project_id)
     return rule
+
+
+# Every event of a known issue is a `NEW_EVENT` message that frequency rules must look at;
+# reading the project's rules for each was a fifteenth of ingest's work. For those
+# messages the rules read within the last RULES_TTL seconds serve; new issues and
+# regressions (rare, and what people test a new rule with) always read them afresh.
+# Changes made through this process drop the entry at once.
+RULES_TTL = 2.0
+_rule_caches: weakref.WeakKeyDictionary[Sessions, dict[int, tuple[float, list[AlertRule]]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _rules_cache(sessions: Sessions) -> dict[int, tuple[float, list[AlertRule]]]:
+    cache = _rule_caches.get(sessions)
+    if cache is None:
+        cache = _rule_caches[sessions] = {}
+    return cache
+
+
+def _forget_rules(sessions: Sessions, project_id: int) -> None:
+    _rules_cache(sessions).pop(project_id, None)
 
 
 def _project_deliveries(project_id: int) -> Any:
@@ -448,12 +475,20 @@ class AlertDispatcher:
                 self._spawn(delivery_id, 0)
 
     async def _rules(self, project_id: int, triggers: set[str]) -> list[AlertRule]:
-        async with self._database.sessions() as session:
-            rows = list(
-                await session.scalars(
-                    sa.select(AlertRule).where(AlertRule.project_id == project_id)  # type: ignore[arg-type]
+        cache = _rules_cache(self._database.sessions)
+        cached = cache.get(project_id)
+        if triggers == {"frequency"} and cached is not None and cached[0] > time.monotonic():
+            rows = cached[1]
+        else:
+            async with self._database.sessions() as session:
+                rows = list(
+                    await session.scalars(
+                        sa.select(AlertRule).where(AlertRule.project_id == project_id)  # type: ignore[arg-type]
+                    )
                 )
-            )
+            if len(cache) > 10_000:
+                cache.clear()
+            cache[project_id] = (time.monotonic() + RULES_TTL, rows)
         chosen = [r for r in rows if r.enabled and r.trigger in triggers and not is_managed(r)]
         if "new_issue" in triggers:
             managed = await self._managed_rule(project_id, rows)
