@@ -607,6 +607,8 @@ def serve(
     # drains the batch writer. It then raises SIGTERM again against the handler it found:
     # this one, so that a clean stop exits 0 instead of dying of the signal.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    # Read by each server process's settings (workers are new processes).
+    os.environ.setdefault("ERRORGRAPH_GC_FREEZE", "true")
     uvicorn.run(
         "app.main:app",
         host=settings.host,

@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     events_per_minute: int | None = Field(default=None, ge=0)
     events_per_hour: int | None = Field(default=None, ge=0)
 
+    # Freeze the start-up heap out of the garbage collector's sight and collect less often
+    # (app.main._tune_garbage_collector). `errorgraph serve` turns it on for its server
+    # processes; off elsewhere, since a frozen heap is never collected (tests build many
+    # apps in one process).
+    gc_freeze: bool = False
     # How long a process trusts a project key it looked up (and its project's settings);
     # changes made through another process take effect here within this time. 0: never.
     key_cache_seconds: float = Field(default=5.0, ge=0, le=3600)

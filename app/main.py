@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hmac
 import importlib
 import logging
@@ -132,6 +133,17 @@ async def _unexpected(_request: Request, exc: Exception) -> Response:
     return JSONOut({"detail": "internal server error"}, status_code=500)
 
 
+def _tune_garbage_collector() -> None:
+    """Move everything alive after start-up (modules, the schema, SQLAlchemy's and
+    pydantic's caches: most of the heap) out of the collector's sight, and collect the
+    young generation less often. Each request allocates thousands of short-lived objects;
+    with the defaults the collector ran several times a request and walked the whole
+    start-up heap at every full pass: a sixth of the CPU of a one-event request."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
+
+
 def create_app(
     settings: Settings | None = None, *, runtime_options: dict[str, Any] | None = None
 ) -> Starlette:
@@ -143,6 +155,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings, **options)
         app.state.runtime = runtime
+        if settings.gc_freeze:
+            _tune_garbage_collector()
         # Retention cleanup: every process ticks, one of the deployment runs it.
         cleanup = None
         if settings.retention_enabled:

@@ -121,7 +121,21 @@ class EventType(StrEnum):
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
-    @field_validator("*", mode="after")
+    # The free-form fields (text fields remove NUL in their own types, nested models in
+    # their own validators): naming them, not "*", spares a call per field of every frame.
+    @field_validator(
+        "vars",
+        "mechanism",
+        "data",
+        "request",
+        "breadcrumbs",
+        "tags",
+        "extra",
+        "contexts",
+        "fingerprint",
+        mode="after",
+        check_fields=False,
+    )
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
         if isinstance(value, dict | list):
