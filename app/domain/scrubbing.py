@@ -241,11 +241,13 @@ def _scrub_key_values(text: str, rules: ScrubRules) -> str:
     return "".join(out)
 
 
-# Strings up to this length are remembered with their scrubbed form (at most 8192 of
-# them, a few MiB at worst): source lines, module versions, breadcrumb messages and tag
-# values recur from one event to the next, and running the text rules' expressions over
-# them again was a fifth of ingest's time.
+# Texts are remembered with their scrubbed form: source lines, module versions,
+# breadcrumb messages and tag values recur from one event to the next, and so does a
+# bug's stack trace text; running the text rules' expressions over them again was a
+# fifth of ingest's time (two fifths for events with raw tracebacks). Up to 8192 short
+# texts and 256 long ones: a few MiB at worst.
 CACHED_TEXT_LENGTH = 256
+CACHED_LONG_TEXT_LENGTH = 16 * 1024
 
 
 def scrub_text(text: str, rules: ScrubRules) -> str:
@@ -256,6 +258,8 @@ def scrub_text(text: str, rules: ScrubRules) -> str:
         # Keyed by the key parts alone (the text rules use nothing else of the rules):
         # a tuple hashes in C, the dataclass's generated hash in Python.
         return _scrub_short_text(text, rules.extra_keys)
+    if len(text) <= CACHED_LONG_TEXT_LENGTH:
+        return _scrub_long_text(text, rules.extra_keys)
     return _scrub_text(text, rules)
 
 
@@ -264,13 +268,44 @@ def _scrub_short_text(text: str, extra_keys: tuple[str, ...]) -> str:
     return _scrub_text(text, ScrubRules(extra_keys=extra_keys))
 
 
+@lru_cache(maxsize=256)
+def _scrub_long_text(text: str, extra_keys: tuple[str, ...]) -> str:
+    return _scrub_text(text, ScrubRules(extra_keys=extra_keys))
+
+
+# Each expression below runs only when the text holds what it cannot match without,
+# found by substring tests in C: over a long text (a traceback, a log line) the
+# expressions' scans were most of the scrubbing time, and most texts hold no secret.
+_TOKEN_MARKS = ("eyJ", "sk_", "rk_", "egt_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "xox", "AKIA")
+_DIGITS = "0123456789"
+
+
+def _may_name_a_secret(lowered: str, rules: ScrubRules) -> bool:
+    """Whether a key in `lowered` could name a secret: the text compacted as keys are
+    (letters and digits only) holds every compacted key, so what is not in it is in no
+    key."""
+    squeezed = _NON_ALNUM.sub("", lowered)
+    return (
+        any(part in squeezed for part in SECRET_KEY_PARTS)
+        or any(part in squeezed for part in SCALAR_SECRET_KEY_PARTS)
+        or any(key in squeezed for key in SECRET_KEYS)
+        or any(part in squeezed for part in rules.extra_keys)
+    )
+
+
 def _scrub_text(text: str, rules: ScrubRules) -> str:
-    if "=" in text or ":" in text:
+    lowered = text.lower()
+    if ("=" in text or ":" in text) and _may_name_a_secret(lowered, rules):
         text = _scrub_key_values(text, rules)
+    if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: m["head"] + FILTERED, text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)} {FILTERED}", text)
-    text = _TOKENS.sub(FILTERED, text)
-    return _CARD.sub(_card_match, text)
+    if "bearer" in lowered:
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {FILTERED}", text)
+    if any(mark in text for mark in _TOKEN_MARKS):
+        text = _TOKENS.sub(FILTERED, text)
+    if sum(text.count(digit) for digit in _DIGITS) >= 13:
+        text = _CARD.sub(_card_match, text)
+    return text
 
 
 def _pairs(value: list[Any]) -> bool:
