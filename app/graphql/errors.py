@@ -52,6 +52,13 @@ class ErrorCodes(MaskErrors):
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         return [self._coded(error) for error in errors]
 
+    def _process_result(self, result: object) -> None:
+        # As MaskErrors does, without its isinstance against a runtime Protocol, which runs
+        # for every result of every subscriber and cost a twentieth of a message's fan-out.
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
+
     def _coded(self, error: GraphQLError) -> GraphQLError:
         original = error.original_error
         if original is None or isinstance(original, GraphQLError):

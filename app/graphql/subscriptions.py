@@ -85,6 +85,9 @@ class SharedReads:
                 self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
             entry = (now + self.ttl, asyncio.ensure_future(load()))
             self._entries[key] = entry
+        if entry[1].done():
+            # Every subscriber after the first finds the read done: no shield to build.
+            return entry[1].result()
         return await asyncio.shield(entry[1])
 
 
