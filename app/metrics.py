@@ -264,7 +264,7 @@ class RuntimeCollector(Collector):
         yield self._gauge(
             "errorgraph_subscriptions_open",
             "Live subscriptions (GraphQL subscriptions, alert listeners) in this process.",
-            stats.subscribers,
+            stats.subscribers + stats.joined,
         )
         yield self._gauge(
             "errorgraph_pubsub_connected",

@@ -83,6 +83,8 @@ class PubSubStats:
     dropped: int = 0
     reconnects: int = 0
     subscribers: int = 0
+    # GraphQL subscribers served by another's identical subscription (app.graphql.fanout).
+    joined: int = 0
     connected: bool = False
 
 

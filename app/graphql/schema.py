@@ -29,6 +29,7 @@ from app.services.runtime import Runtime
 from .alerts import AlertMutation, AlertQuery
 from .context import Context, Loaders, bearer_secret
 from .errors import ErrorCodes
+from .fanout import FanOut, SharingTransportWSHandler
 from .ide import graphiql_page
 from .mutations import Mutation
 from .queries import Query
@@ -72,6 +73,12 @@ class GraphQLApp(GraphQL[Context, None]):
     On WebSocket, the secret comes from the `connection_init` payload
     (`{"Authorization": "Bearer …"}`); no or bad credentials close the socket with 4403.
     """
+
+    graphql_transport_ws_handler_class = SharingTransportWSHandler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fanout = FanOut()
 
     async def render_graphql_ide(self, request: Request) -> Response:
         page = graphiql_page()

@@ -349,3 +349,60 @@ async def test_legacy_protocol_when_turned_on(settings, tmp_path):
         assert message["type"] == "data"
         assert message["payload"]["data"]["groupCreated"]["title"] == "TypeError: boom in legacy"
         await client.close()
+
+
+async def metric(live_server: Any, name: str) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(live_server.base_url + "/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+async def test_identical_subscriptions_share_one_stream_per_viewer(live_server, project):
+    base = live_server.base_url
+    other = create_project(live_server, "Shared")
+    everything = create_read_token(live_server)
+    query = "subscription { eventCaptured { eventId } }"
+    before = await metric(live_server, "errorgraph_subscriptions_open")
+    # What the server's own listeners (alerts) take of one new issue, with no subscriber.
+    delivered = await metric(live_server, "errorgraph_pubsub_delivered_total")
+    await send_error(base, other["ingest_key"], function="unwatched")
+    await asyncio.sleep(0.3)
+    own = await metric(live_server, "errorgraph_pubsub_delivered_total") - delivered
+    limited = [await subscribed(live_server, project["token"], query) for _ in range(2)]
+    unlimited = [await subscribed(live_server, everything, query) for _ in range(3)]
+    assert await metric(live_server, "errorgraph_subscriptions_open") == before + 5
+
+    delivered = await metric(live_server, "errorgraph_pubsub_delivered_total")
+    theirs = await send_error(base, other["ingest_key"], function="inOther")
+    for client in unlimited:
+        assert (await client.next())["payload"]["data"]["eventCaptured"]["eventId"] == theirs
+    # Five subscribers, two streams (one per viewer): two more deliveries than none.
+    assert await metric(live_server, "errorgraph_pubsub_delivered_total") == delivered + own + 2
+    mine = await send_error(base, project["ingest_key"])
+    for client in [*limited, *unlimited]:
+        assert (await client.next())["payload"]["data"]["eventCaptured"]["eventId"] == mine
+
+    # The member that started a stream leaves; the others go on, each with its own ids.
+    await limited[0].send({"id": "1", "type": "complete"})
+    await limited[1].subscribe("2", query)
+    await asyncio.sleep(0.3)
+    again = await send_error(base, project["ingest_key"])
+    got = [await limited[1].next(), await limited[1].next()]
+    assert sorted(m["id"] for m in got) == ["1", "2"]
+    assert {m["payload"]["data"]["eventCaptured"]["eventId"] for m in got} == {again}
+    for client in unlimited:
+        assert (await client.next())["payload"]["data"]["eventCaptured"]["eventId"] == again
+    with pytest.raises(TimeoutError):
+        await limited[0].next(timeout=0.5)
+
+    for client in [*limited, *unlimited]:
+        await client.close()
+    for _ in range(50):
+        if await metric(live_server, "errorgraph_subscriptions_open") == before:
+            break
+        await asyncio.sleep(0.1)
+    assert await metric(live_server, "errorgraph_subscriptions_open") == before
