@@ -308,7 +308,7 @@ def _scrub_text(text: str, rules: ScrubRules) -> str:
     return text
 
 
-def _pairs(value: list[Any]) -> bool:
+def _pairs(value: list[Any] | tuple[Any, ...]) -> bool:
     """A list of [name, value] pairs, as Sentry sends headers and query strings."""
     return bool(value) and all(
         isinstance(item, list | tuple) and len(item) == 2 and isinstance(item[0], str)
@@ -320,22 +320,13 @@ def scrub_data(value: Any, rules: ScrubRules, *, depth: int = 0) -> Any:
     """A copy of JSON-like `value` with rules 1 and 2 applied throughout."""
     if depth > MAX_DEPTH:
         return FILTERED
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         return scrub_text(value, rules)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        digits = str(abs(value))
-        return FILTERED if looks_like_card(digits) else value
-    if isinstance(value, dict):
-        return {
-            key: FILTERED
-            if isinstance(key, str) and rules.is_secret_key(key, item)
-            else scrub_data(item, rules, depth=depth + 1)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
-        if _pairs(list(value)):
+    if kind is dict:
+        return _scrub_mapping(value, rules, depth)
+    if kind is list or kind is tuple:
+        if _pairs(value):
             return [
                 [name, FILTERED]
                 if rules.is_secret_key(name, item)
@@ -343,7 +334,49 @@ def scrub_data(value: Any, rules: ScrubRules, *, depth: int = 0) -> Any:
                 for name, item in value
             ]
         return [scrub_data(item, rules, depth=depth + 1) for item in value]
+    return _scrub_scalar(value, rules, depth)
+
+
+def _scrub_scalar(value: Any, rules: ScrubRules, depth: int) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value, rules)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        digits = str(abs(value))
+        return FILTERED if looks_like_card(digits) else value
+    if isinstance(value, dict | list | tuple):  # subclasses of the JSON containers
+        return scrub_data(
+            dict(value) if isinstance(value, dict) else list(value), rules, depth=depth
+        )
     return value
+
+
+def _scrub_mapping(value: dict[Any, Any], rules: ScrubRules, depth: int) -> dict[Any, Any]:
+    # The walk's hot loop (every key of every mapping of every event): the common leaves,
+    # short text, floats and None, are handled here rather than in a call per value.
+    extra = rules.extra_keys
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        kind = type(item)
+        if isinstance(key, str):
+            verdict = _key_kind(key, extra)
+            if verdict is _SECRET or (
+                verdict is _SCALAR_SECRET and not isinstance(item, dict | list | tuple)
+            ):
+                out[key] = FILTERED
+                continue
+        if kind is str:
+            out[key] = (
+                _scrub_short_text(item, extra)
+                if 0 < len(item) <= CACHED_TEXT_LENGTH
+                else scrub_text(item, rules)
+            )
+        elif item is None or kind is float or kind is bool:
+            out[key] = item
+        else:
+            out[key] = scrub_data(item, rules, depth=depth + 1)
+    return out
 
 
 def _without_ip_request(request: dict[str, Any]) -> dict[str, Any]:
