@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,7 +57,7 @@ from app.services.channels import (
     Senders,
     invalid_address,
 )
-from app.services.common import Sessions
+from app.services.common import PerDatabase, Sessions
 from app.services.pagination import Page, build_page, decode_cursor, page_size
 
 log = logging.getLogger(__name__)
@@ -300,16 +299,7 @@ async def delete_alert_rule(*, sessions: Sessions, rule_id: int) -> AlertRule:
 # regressions (rare, and what people test a new rule with) always read them afresh.
 # Changes made through this process drop the entry at once.
 RULES_TTL = 2.0
-_rule_caches: weakref.WeakKeyDictionary[Sessions, dict[int, tuple[float, list[AlertRule]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _rules_cache(sessions: Sessions) -> dict[int, tuple[float, list[AlertRule]]]:
-    cache = _rule_caches.get(sessions)
-    if cache is None:
-        cache = _rule_caches[sessions] = {}
-    return cache
+_rules_cache: PerDatabase[dict[int, tuple[float, list[AlertRule]]]] = PerDatabase(dict)
 
 
 def _forget_rules(sessions: Sessions, project_id: int) -> None:

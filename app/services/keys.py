@@ -25,7 +25,6 @@ import re
 import secrets
 import time
 import unicodedata
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.domain.grouping import STRATEGIES
 from app.errors import Forbidden, InvalidInput, InvalidKey, NotFound, Unavailable
 from app.models import ApiToken, Project, ProjectKey, utcnow
+from app.services.common import PerDatabase
 
 KEY_SCOPES = ("ingest", "read", "write")
 TOKEN_SCOPES = ("read", "write", "admin")
@@ -137,15 +137,8 @@ class KeyCache:
             del self.entries[digest]
 
 
-_key_caches: weakref.WeakKeyDictionary[Sessions, KeyCache] = weakref.WeakKeyDictionary()
-
-
-def key_cache_for(sessions: Sessions) -> KeyCache:
-    """The key cache of the database behind `sessions` (the runtime sets its lifetime)."""
-    cache = _key_caches.get(sessions)
-    if cache is None:
-        cache = _key_caches[sessions] = KeyCache()
-    return cache
+# The key cache of the database behind a session factory (the runtime sets its lifetime).
+key_cache_for = PerDatabase(KeyCache)
 
 
 @dataclass(frozen=True)

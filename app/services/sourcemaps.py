@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from app.domain.sourcemap import (
 )
 from app.errors import InvalidInput, NotFound, PayloadTooLarge
 from app.models import SourceMap, utcnow
-from app.services.common import MAX_INT_COLUMN, Sessions
+from app.services.common import MAX_INT_COLUMN, PerDatabase, Sessions
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +103,8 @@ class _Cache:
         self.indexes.pop((project_id, release), None)
 
 
-_caches: weakref.WeakKeyDictionary[Sessions, _Cache] = weakref.WeakKeyDictionary()
-
-
-def cache_for(sessions: Sessions) -> _Cache:
-    """The cache of the database behind `sessions` (tests set its clock)."""
-    cache = _caches.get(sessions)
-    if cache is None:
-        cache = _caches[sessions] = _Cache()
-    return cache
+# The cache of the database behind a session factory (tests set its clock).
+cache_for = PerDatabase(_Cache)
 
 
 async def _release_index(sessions: Sessions, project_id: int, release: str) -> _Index:
