@@ -6,7 +6,9 @@ accounts counted, duplicates of a stored event_id skipped, the full-text index k
 a bulk load leaves exactly what sending them one by one would have left. What differs is
 only the batching: a private `BatchWriter` commits `batch_size` events per transaction
 (a server's writer takes what concurrent callers happen to have queued), and two
-batches are kept in flight so one is prepared while the other is written. Nothing is
+batches are kept in flight so one is prepared while the other is written. Batches reach
+the writer in the order of `events`, so each issue's first event (its title, first
+seen, first release) is the one a one-by-one load would have made it with. Nothing is
 published: no subscriber is told of a bulk load, as none would want a million messages.
 """
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from app.db import Database
 from app.domain.event import EventIn
 from app.models import Project
-from app.services.ingest import BatchWriter, IngestResult, ingest_events
+from app.services.ingest import BatchWriter, IngestResult, prepare_events
 
 DEFAULT_BATCH_SIZE = 5000
 
@@ -78,10 +80,13 @@ async def bulk_ingest(
     await writer.start()
     result = BulkResult()
     in_flight: set[asyncio.Task[list[IngestResult]]] = set()
+    assert project.id is not None
     try:
         async for batch in _batches(events, batch_size):
+            # Prepared here, in order; the task's first step queues it for the writer.
+            prepared = await prepare_events(writer=writer, project=project, events=batch)
             in_flight.add(
-                asyncio.create_task(ingest_events(writer=writer, project=project, events=batch))
+                asyncio.create_task(writer.submit(project_id=project.id, events=prepared))
             )
             if len(in_flight) >= 2:
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)

@@ -150,6 +150,23 @@ async def ingest_events(
     without a key) is charged: past it, QuotaExceeded and nothing is stored.
     """
     assert project.id is not None
+    prepared = await prepare_events(writer=writer, project=project, events=events, key_id=key_id)
+    results = await writer.submit(project_id=project.id, events=prepared)
+    metrics.count_accepted(event.dialect for event in events)
+    return results
+
+
+async def prepare_events(
+    *,
+    writer: BatchWriter,
+    project: Project,
+    events: Sequence[EventIn],
+    key_id: int | None = None,
+) -> list[PreparedEvent]:
+    """What `ingest_events` does before it hands the events to the writer: scrub, resolve
+    source maps, fingerprint, charge the quota. Apart for the bulk loader, which must hand
+    its batches to the writer in order (the lookups here may wait, and reorder them)."""
+    assert project.id is not None
     rules = ScrubRules.for_project(project.scrub_fields, project.scrub_ip_addresses)
     scrubbed = [scrub_event(event, rules) for event in events]
     source_maps = await source_maps_for_events(
@@ -167,9 +184,7 @@ async def ingest_events(
     ]
     if writer.quotas is not None:
         await writer.quotas.check_events(project=project, key_id=key_id, count=len(prepared))
-    results = await writer.submit(project_id=project.id, events=prepared)
-    metrics.count_accepted(event.dialect for event in events)
-    return results
+    return prepared
 
 
 @dataclass
