@@ -5,6 +5,11 @@ not block the writer), a busy timeout (a second process waits instead of failing
 foreign keys on, and write transactions that start with `BEGIN IMMEDIATE` so the writer
 takes the lock up front instead of failing on upgrade from a read lock. PostgreSQL runs
 the same code through asyncpg.
+
+On a SQLite file the batch writer has an engine of its own, on the standard driver: it
+runs each batch's whole transaction in one call to a worker thread (see
+`app.services.ingest.BatchWriter`), where the async driver made every statement a round
+trip through the event loop.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -40,19 +45,24 @@ class Database:
     """The engine and the two session factories services use.
 
     `sessions` is for reads and ordinary writes; `write_sessions` begins with
-    `BEGIN IMMEDIATE` on SQLite and is what the batch writer uses.
+    `BEGIN IMMEDIATE` on SQLite. `sync_writer` (a SQLite file only) is the batch writer's
+    engine on the standard driver, its transactions `BEGIN IMMEDIATE` too; without it the
+    batch writer uses `write_sessions`.
     """
 
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     write_sessions: async_sessionmaker[AsyncSession]
+    sync_writer: Engine | None = None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self.sync_writer is not None:
+            self.sync_writer.dispose()
 
 
-def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _install_sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
@@ -62,7 +72,7 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
@@ -102,15 +112,29 @@ def create_database(settings: Settings) -> Database:
         kwargs["pool_size"] = 10
         kwargs["max_overflow"] = 20
     engine = create_async_engine(settings.database_url, **kwargs)
+    sync_writer = None
     if settings.is_sqlite:
-        _install_sqlite_pragmas(engine)
+        _install_sqlite_pragmas(engine.sync_engine)
         write_engine = engine.execution_options(sqlite_begin="IMMEDIATE")
+        if settings.sqlite_path is not None:
+            sync_writer = create_engine(
+                make_url(settings.database_url).set(drivername="sqlite+pysqlite"),
+                # One connection, used by one worker thread at a time (the writer's).
+                pool_size=1,
+                max_overflow=0,
+                connect_args={
+                    "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                    "check_same_thread": False,
+                },
+            )
+            _install_sqlite_pragmas(sync_writer)
     else:
         write_engine = engine
     return Database(
         engine=engine,
         sessions=async_sessionmaker(engine, expire_on_commit=False),
         write_sessions=async_sessionmaker(write_engine, expire_on_commit=False),
+        sync_writer=sync_writer,
     )
 
 

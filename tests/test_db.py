@@ -7,7 +7,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import inspect, select, text
+from support import make_event
 
 from app.config import Settings
 from app.db import create_database, upgrade_database
@@ -15,7 +17,7 @@ from app.domain.event import EventIn, ExceptionIn, Frame, UserIn
 from app.models import Event, Group
 from app.services.ingest import ingest_events
 from app.services.issues import resolve_group
-from app.services.keys import create_project, grant_for_project_key
+from app.services.keys import CreatedProject, create_project, grant_for_project_key
 from app.services.runtime import Runtime
 
 EXPECTED_TABLES = {
@@ -150,3 +152,19 @@ async def test_postgres_migrate_and_ingest(postgres_settings: Settings):
     finally:
         for rt in runtimes:
             await rt.stop()
+
+
+async def test_the_batch_writer_takes_the_write_lock_up_front_on_its_own_engine(
+    runtime: Runtime, project: CreatedProject
+):
+    """On a SQLite file the writer's transactions run on `sync_writer` (one thread call
+    per batch), each one `BEGIN IMMEDIATE`, as the async engine's write sessions do."""
+    writer = runtime.database.sync_writer
+    assert writer is not None
+    statements: list[str] = []
+    sa_event.listen(
+        writer, "before_cursor_execute", lambda _c, _cur, sql, *_a: statements.append(sql)
+    )
+    await ingest_events(writer=runtime.writer, project=project.project, events=[make_event(1)])
+    assert statements[0] == "BEGIN IMMEDIATE"
+    assert any(sql.startswith("INSERT INTO event ") for sql in statements)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection, Engine
 
 from app import metrics
 from app.db import Database
@@ -216,7 +216,7 @@ class _Seen:
                 self.attrs.setdefault(key, value)
 
 
-def _insert_ignoring_conflicts(conn: AsyncConnection, table: sa.Table) -> Any:
+def _insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> Any:
     """INSERT … ON CONFLICT DO NOTHING in the connection's dialect.
 
     Executed with the rows as parameters (`conn.execute(stmt, rows)`), never with
@@ -373,13 +373,28 @@ class BatchWriter:
         self, batch: list[_Pending]
     ) -> tuple[list[list[IngestResult]], list[tuple[str, dict[str, Any]]]]:
         received = self._clock()
+        writer = self._database.sync_writer
+        if writer is not None:
+            # The whole transaction in one call to a thread: through the async driver each
+            # statement was a round trip to SQLite's thread and back through the event
+            # loop, where it queued behind the requests being read (a dozen per batch).
+            return await asyncio.to_thread(_write_in_transaction, writer, batch, received)
         async with self._database.write_sessions.begin() as session:
             conn = await session.connection()
-            return await _write_batch(conn, batch, received)
+            return await conn.run_sync(_write_batch, batch, received)
 
 
-async def _write_batch(
-    conn: AsyncConnection, batch: list[_Pending], received: datetime
+def _write_in_transaction(
+    engine: Engine, batch: list[_Pending], received: datetime
+) -> tuple[list[list[IngestResult]], list[tuple[str, dict[str, Any]]]]:
+    with engine.connect() as conn:
+        conn.execution_options(sqlite_begin="IMMEDIATE")  # see app.db
+        with conn.begin():
+            return _write_batch(conn, batch, received)
+
+
+def _write_batch(
+    conn: Connection, batch: list[_Pending], received: datetime
 ) -> tuple[list[list[IngestResult]], list[tuple[str, dict[str, Any]]]]:
     entries = [(item.project_id, prepared) for item in batch for prepared in item.events]
 
@@ -390,7 +405,7 @@ async def _write_batch(
         ids_by_project.setdefault(project_id, []).append(prepared.event.event_id)
     for project_id, event_ids in ids_by_project.items():
         for chunk in _chunks(sorted(set(event_ids))):
-            rows = await conn.execute(
+            rows = conn.execute(
                 sa.select(EVENTS.c.event_id, EVENTS.c.id, EVENTS.c.group_id).where(
                     EVENTS.c.project_id == project_id, EVENTS.c.event_id.in_(chunk)
                 )
@@ -426,8 +441,8 @@ async def _write_batch(
             accounts.setdefault((project_id, event.account.id), _Seen()).add(
                 event.timestamp, {"name": event.account.name, "data": event.account.data or None}
             )
-    user_ids = await _upsert_people(conn, USERS, users)
-    account_ids = await _upsert_people(conn, ACCOUNTS, accounts)
+    user_ids = _upsert_people(conn, USERS, users)
+    account_ids = _upsert_people(conn, ACCOUNTS, accounts)
 
     # 3. Groups: create the missing ones, lock all of them.
     groups: dict[tuple[int, str], _Seen] = {}
@@ -440,7 +455,7 @@ async def _write_batch(
             seen.attrs.setdefault("releases", []).append(prepared.event.release)
         if key not in first_event or prepared.event.timestamp < first_event[key].event.timestamp:
             first_event[key] = prepared
-    group_rows, created_groups = await _upsert_groups(conn, groups, first_event)
+    group_rows, created_groups = _upsert_groups(conn, groups, first_event)
 
     # 4. Events.
     event_rows = []
@@ -495,7 +510,7 @@ async def _write_batch(
         )
     new_ids: dict[tuple[int, str], int] = {}
     for chunk in _chunks(event_rows):
-        inserted = await conn.execute(
+        inserted = conn.execute(
             sa.insert(EVENTS).returning(
                 EVENTS.c.id, EVENTS.c.project_id, EVENTS.c.event_id, sort_by_parameter_order=True
             ),
@@ -516,15 +531,15 @@ async def _write_batch(
             group_accounts.setdefault((row["group_id"], row["account_id"]), _Seen()).add(
                 row["timestamp"]
             )
-    new_users = await _upsert_links(conn, GROUP_USERS, "user_id", group_users)
-    new_accounts = await _upsert_links(conn, GROUP_ACCOUNTS, "account_id", group_accounts)
+    new_users = _upsert_links(conn, GROUP_USERS, "user_id", group_users)
+    new_accounts = _upsert_links(conn, GROUP_ACCOUNTS, "account_id", group_accounts)
 
     # 6. Group counters and status.
     regressed, updates = _group_updates(
         group_rows, groups, new_users, new_accounts, received=received
     )
     if updates:
-        await conn.execute(
+        conn.execute(
             GROUPS.update()
             .where(GROUPS.c.id == sa.bindparam("b_id"))
             .values(
@@ -623,8 +638,8 @@ async def _write_batch(
     return results, messages
 
 
-async def _upsert_people(
-    conn: AsyncConnection, table: sa.Table, seen: dict[tuple[int, str], _Seen]
+def _upsert_people(
+    conn: Connection, table: sa.Table, seen: dict[tuple[int, str], _Seen]
 ) -> dict[tuple[int, str], int]:
     """Users or accounts by (project, external id) → our id, counting this batch's events."""
     if not seen:
@@ -633,7 +648,7 @@ async def _upsert_people(
         c.name for c in table.c if c.name in {"email", "username", "name", "ip_address", "data"}
     ]
     ids: dict[tuple[int, str], int] = {}
-    await _select_people(conn, table, list(seen), ids)
+    _select_people(conn, table, list(seen), ids)
     missing = [key for key in seen if key not in ids]
     for chunk in _chunks(missing):
         rows = [
@@ -650,15 +665,15 @@ async def _upsert_people(
         stmt = _insert_ignoring_conflicts(conn, table).returning(
             table.c.id, table.c.project_id, table.c.external_id
         )
-        for row_id, project_id, external_id in await conn.execute(stmt, rows):
+        for row_id, project_id, external_id in conn.execute(stmt, rows):
             ids[(project_id, external_id)] = row_id
     created = {key for key in missing if key in ids}
     lost_race = [key for key in missing if key not in ids]
     if lost_race:
-        await _select_people(conn, table, lost_race, ids)
+        _select_people(conn, table, lost_race, ids)
     existing = [key for key in seen if key not in created]
     if existing:
-        await conn.execute(
+        conn.execute(
             table.update()
             .where(table.c.id == sa.bindparam("b_id"))
             .values(
@@ -685,8 +700,8 @@ async def _upsert_people(
     return ids
 
 
-async def _select_people(
-    conn: AsyncConnection,
+def _select_people(
+    conn: Connection,
     table: sa.Table,
     keys: list[tuple[int, str]],
     into: dict[tuple[int, str], int],
@@ -696,7 +711,7 @@ async def _select_people(
         by_project.setdefault(project_id, []).append(external_id)
     for project_id, external_ids in by_project.items():
         for chunk in _chunks(external_ids):
-            rows = await conn.execute(
+            rows = conn.execute(
                 sa.select(table.c.id, table.c.external_id).where(
                     table.c.project_id == project_id, table.c.external_id.in_(chunk)
                 )
@@ -722,8 +737,8 @@ GROUP_STATE_COLUMNS = (
 )
 
 
-async def _select_groups(
-    conn: AsyncConnection, keys: list[tuple[int, str]], into: dict[tuple[int, str], dict[str, Any]]
+def _select_groups(
+    conn: Connection, keys: list[tuple[int, str]], into: dict[tuple[int, str], dict[str, Any]]
 ) -> None:
     by_project: dict[int, list[str]] = {}
     for project_id, fingerprint in keys:
@@ -737,20 +752,20 @@ async def _select_groups(
                 .order_by(GROUPS.c.id)
                 .with_for_update()
             )
-            for row in await conn.execute(query):
+            for row in conn.execute(query):
                 mapping = dict(row._mapping)
                 into[(project_id, mapping.pop("fingerprint"))] = mapping
 
 
-async def _upsert_groups(
-    conn: AsyncConnection,
+def _upsert_groups(
+    conn: Connection,
     seen: dict[tuple[int, str], _Seen],
     first_event: dict[tuple[int, str], PreparedEvent],
 ) -> tuple[dict[tuple[int, str], dict[str, Any]], set[tuple[int, str]]]:
     rows: dict[tuple[int, str], dict[str, Any]] = {}
     if not seen:
         return rows, set()
-    await _select_groups(conn, list(seen), rows)
+    _select_groups(conn, list(seen), rows)
     missing = [key for key in seen if key not in rows]
     created: set[tuple[int, str]] = set()
     # New groups start with zero counts: every group then takes the same update.
@@ -787,15 +802,15 @@ async def _upsert_groups(
         stmt = _insert_ignoring_conflicts(conn, GROUPS).returning(
             GROUPS.c.project_id, GROUPS.c.fingerprint
         )
-        created.update((project_id, fp) for project_id, fp in await conn.execute(stmt, values))
+        created.update((project_id, fp) for project_id, fp in conn.execute(stmt, values))
     if missing:
         # Includes groups another process created between our select and insert.
-        await _select_groups(conn, missing, rows)
+        _select_groups(conn, missing, rows)
     return rows, created
 
 
-async def _upsert_links(
-    conn: AsyncConnection, table: sa.Table, other: str, seen: dict[tuple[int, int], _Seen]
+def _upsert_links(
+    conn: Connection, table: sa.Table, other: str, seen: dict[tuple[int, int], _Seen]
 ) -> dict[int, int]:
     """Insert or update group↔user (or account) links; returns new links per group."""
     new_per_group: dict[int, int] = {}
@@ -815,14 +830,12 @@ async def _upsert_links(
             }
             for group_id, other_id in chunk
         ]
-        created.update(
-            (group_id, other_id) for group_id, other_id in await conn.execute(stmt, rows)
-        )
+        created.update((group_id, other_id) for group_id, other_id in conn.execute(stmt, rows))
     for group_id, _ in created:
         new_per_group[group_id] = new_per_group.get(group_id, 0) + 1
     existing = [key for key in keys if key not in created]
     if existing:
-        await conn.execute(
+        conn.execute(
             table.update()
             .where(
                 table.c.group_id == sa.bindparam("b_group"),
