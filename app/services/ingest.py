@@ -233,6 +233,13 @@ def _later(column: sa.Column[Any], param: str) -> Any:
     return sa.case((column < sa.bindparam(param), sa.bindparam(param)), else_=column)
 
 
+def _earlier(column: sa.Column[Any], param: str) -> Any:
+    """An event with an older timestamp than any stored (clients' clocks, queued SDKs)
+    moves `first_seen` back: first seen is the earliest occurrence, not the first
+    received."""
+    return sa.case((column > sa.bindparam(param), sa.bindparam(param)), else_=column)
+
+
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -546,6 +553,7 @@ def _write_batch(
                 count=GROUPS.c.count + sa.bindparam("b_count"),
                 user_count=GROUPS.c.user_count + sa.bindparam("b_users"),
                 account_count=GROUPS.c.account_count + sa.bindparam("b_accounts"),
+                first_seen=_earlier(GROUPS.c.first_seen, "b_first"),
                 last_seen=_later(GROUPS.c.last_seen, "b_last"),
                 last_release=sa.func.coalesce(sa.bindparam("b_release"), GROUPS.c.last_release),
                 status=sa.bindparam("b_status"),
@@ -678,6 +686,7 @@ def _upsert_people(
             .where(table.c.id == sa.bindparam("b_id"))
             .values(
                 event_count=table.c.event_count + sa.bindparam("b_count"),
+                first_seen=_earlier(table.c.first_seen, "b_first"),
                 last_seen=_later(table.c.last_seen, "b_last"),
                 **{
                     # Typed, so that `data` is bound as JSON, not as a bare dict.
@@ -691,6 +700,7 @@ def _upsert_people(
                 {
                     "b_id": ids[key],
                     "b_count": seen[key].count,
+                    "b_first": seen[key].first,
                     "b_last": seen[key].last,
                     **{f"b_{name}": seen[key].attrs.get(name) for name in attr_columns},
                 }
@@ -843,6 +853,7 @@ def _upsert_links(
             )
             .values(
                 event_count=table.c.event_count + sa.bindparam("b_count"),
+                first_seen=_earlier(table.c.first_seen, "b_first"),
                 last_seen=_later(table.c.last_seen, "b_last"),
             ),
             [
@@ -850,6 +861,7 @@ def _upsert_links(
                     "b_group": group_id,
                     "b_other": other_id,
                     "b_count": seen[(group_id, other_id)].count,
+                    "b_first": seen[(group_id, other_id)].first,
                     "b_last": seen[(group_id, other_id)].last,
                 }
                 for group_id, other_id in existing
@@ -917,6 +929,7 @@ def _group_updates(
                 "b_count": aggregate.count,
                 "b_users": new_users.get(group_id, 0),
                 "b_accounts": new_accounts.get(group_id, 0),
+                "b_first": aggregate.first,
                 "b_last": aggregate.last,
                 "b_release": aggregate.attrs.get("release"),
                 "b_status": status,

@@ -299,3 +299,25 @@ async def test_one_bad_caller_does_not_fail_the_others(runtime: Runtime, project
     )
     assert isinstance(outcomes[0], Exception)
     assert outcomes[1][0].status == "created"  # type: ignore[index]
+
+
+async def test_an_older_event_arriving_later_moves_first_seen_back(
+    runtime: Runtime, project: CreatedProject
+):
+    """First seen is the earliest occurrence, whatever order the events arrive in (a
+    queued SDK, a client's clock); last seen stays the latest."""
+    later = T0 + timedelta(hours=3)
+    [first] = await ingest_events(
+        writer=runtime.writer, project=project.project, events=[error_event(1, at=later, user="u1")]
+    )
+    await ingest_events(
+        writer=runtime.writer, project=project.project, events=[error_event(1, at=T0, user="u1")]
+    )
+    async with runtime.database.sessions() as session:
+        group = await session.get(Group, first.group_id)
+        user = (await session.scalars(select(AffectedUser))).one()
+        link = (await session.scalars(select(GroupUser))).one()
+    assert group is not None and group.count == 2
+    assert (group.first_seen, group.last_seen) == (T0, later)
+    assert (user.first_seen, user.last_seen) == (T0, later)
+    assert (link.first_seen, link.last_seen) == (T0, later)
