@@ -96,14 +96,19 @@ async def list_events(
     after: str | None = None,
 ) -> Page[Event]:
     size = page_size(first)
-    async with sessions() as session:
-        matched_ids = await few_search_matches(session, dialect_of(sessions), where.search)
-    query = select(Event).where(*event_conditions(sessions, where, matched_ids=matched_ids))
     if after:
         value, row_id = decode_cursor(after, ORDER)
-        query = query.where(after_clause(Event.timestamp, Event.id, value, row_id))
-    query = query.order_by(Event.timestamp.desc(), Event.id.desc()).limit(size + 1)  # type: ignore[attr-defined, union-attr]
     async with sessions() as session:
+        # One session for the probe (a search only) and the page.
+        matched_ids = (
+            await few_search_matches(session, dialect_of(sessions), where.search)
+            if where.search
+            else None
+        )
+        query = select(Event).where(*event_conditions(sessions, where, matched_ids=matched_ids))
+        if after:
+            query = query.where(after_clause(Event.timestamp, Event.id, value, row_id))
+        query = query.order_by(Event.timestamp.desc(), Event.id.desc()).limit(size + 1)  # type: ignore[attr-defined, union-attr]
         rows = (await session.scalars(query)).all()
     return build_page(rows, size=size, order=ORDER, key=lambda e: (e.timestamp, e.id))
 
