@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
@@ -98,9 +99,20 @@ def _enable_wal(path: Path) -> None:
         time.sleep(0.05)
 
 
+def _json_dumps(value: Any) -> str:
+    """JSON columns through orjson: the standard encoder was a tenth of the batch
+    writer's time. Non-string keys (a client's numeric tag names) become strings, as the
+    standard encoder made them."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# Passed to every engine, so that reads and writes agree on the encoding.
+JSON_OPTIONS: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def create_database(settings: Settings) -> Database:
     """Build the engine for `settings`, creating the SQLite file's folder when needed."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(JSON_OPTIONS)
     if settings.is_sqlite:
         path = settings.sqlite_path
         if path is not None:
@@ -121,6 +133,7 @@ def create_database(settings: Settings) -> Database:
                 make_url(settings.database_url).set(drivername="sqlite+pysqlite"),
                 # One connection, used by one worker thread at a time (the writer's).
                 pool_size=1,
+                **JSON_OPTIONS,
                 max_overflow=0,
                 connect_args={
                     "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,

@@ -500,19 +500,49 @@ class _SentryModel(BaseModel):
     model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
 
-class SentryFrame(_SentryModel):
-    filename: str | None = None
-    abs_path: str | None = None
-    function: str | None = None
-    module: str | None = None
-    lineno: int | None = None
-    colno: int | None = None
-    in_app: bool | None = None
-    context_line: str | None = None
-    pre_context: list[str | None] = Field(default_factory=list)
-    post_context: list[str | None] = Field(default_factory=list)
-    vars: dict[str, Any] | list[Any] | None = None
-    platform: str | None = None
+class SentryFrame(Frame):
+    """A Sentry frame read straight into the canonical `Frame` (its fields are Sentry's
+    names): building a second model per frame was a third of reading an event."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sentry_shape(cls, data: Any) -> Any:
+        """Variables as a list (the JavaScript SDK's arguments) become a mapping by
+        position; null lists and lines become empty; at most 50 source lines each side,
+        the nearest kept. `minified` is errorgraph's own, never a client's."""
+        if not isinstance(data, dict):
+            return data
+        variables = data.get("vars")
+        pre = data.get("pre_context")
+        post = data.get("post_context")
+        if not (
+            "minified" in data
+            or (variables is not None and not isinstance(variables, dict))
+            or (variables is None and "vars" in data)
+            or ("pre_context" in data and not _plain_lines(pre))
+            or ("post_context" in data and not _plain_lines(post))
+        ):
+            return data
+        data = dict(data)
+        data.pop("minified", None)
+        if isinstance(variables, list):
+            data["vars"] = {str(index): value for index, value in enumerate(variables)}
+        elif variables is None:
+            data.pop("vars", None)
+        for name, keep in (("pre_context", slice(-50, None)), ("post_context", slice(50))):
+            lines = data.get(name)
+            if lines is None:
+                data.pop(name, None)
+            elif isinstance(lines, list):
+                data[name] = ["" if line is None else line for line in lines][keep]
+        return data
+
+
+def _plain_lines(lines: Any) -> bool:
+    """Source lines that need no change: absent, or at most 50 with no null."""
+    return lines is None or (isinstance(lines, list) and len(lines) <= 50 and None not in lines)
 
 
 class SentryStacktrace(_SentryModel):
@@ -666,30 +696,7 @@ def format_logentry(template: str, params: list[Any] | dict[str, Any] | None) ->
 
 
 def _frames(stacktrace: SentryStacktrace | None) -> list[Frame]:
-    if stacktrace is None:
-        return []
-    frames = []
-    for frame in stacktrace.frames:
-        variables = frame.vars
-        if isinstance(variables, list):
-            variables = {str(index): value for index, value in enumerate(variables)}
-        frames.append(
-            Frame(
-                filename=frame.filename,
-                abs_path=frame.abs_path,
-                function=frame.function,
-                module=frame.module,
-                lineno=frame.lineno,
-                colno=frame.colno,
-                in_app=frame.in_app,
-                context_line=frame.context_line,
-                pre_context=[line or "" for line in frame.pre_context][-50:],
-                post_context=[line or "" for line in frame.post_context][:50],
-                vars=variables or {},
-                platform=frame.platform,
-            )
-        )
-    return frames
+    return list(stacktrace.frames) if stacktrace is not None else []
 
 
 def _thread_stack(event: SentryEvent, thread_id: str | None = None) -> SentryStacktrace | None:
