@@ -4,15 +4,20 @@ real PostgreSQL server (ERRORGRAPH_TEST_POSTGRES_URL)."""
 from __future__ import annotations
 
 import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import inspect, select, text
-from support import make_event
+from support import T0, make_event
 
 from app.config import Settings
-from app.db import create_database, upgrade_database
+from app.db import Checkpointer, create_database, upgrade_database
 from app.domain.event import EventIn, ExceptionIn, Frame, UserIn
 from app.models import Event, Group
 from app.services.ingest import ingest_events
@@ -162,9 +167,113 @@ async def test_the_batch_writer_takes_the_write_lock_up_front_on_its_own_engine(
     writer = runtime.database.sync_writer
     assert writer is not None
     statements: list[str] = []
+    # What the driver runs (the writer sends its inserts to the cursor directly).
     sa_event.listen(
-        writer, "before_cursor_execute", lambda _c, _cur, sql, *_a: statements.append(sql)
+        writer,
+        "checkout",
+        lambda dbapi_connection, *_a: dbapi_connection.set_trace_callback(statements.append),
     )
     await ingest_events(writer=runtime.writer, project=project.project, events=[make_event(1)])
     assert statements[0] == "BEGIN IMMEDIATE"
     assert any(sql.startswith("INSERT INTO event ") for sql in statements)
+
+
+def _fill_with_autocheckpoint_off(path: Path, rows: int = 400) -> sqlite3.Connection:
+    """Rows written with the automatic checkpoint off, the connection left open (the
+    last connection to close checkpoints on its own)."""
+    connection = sqlite3.connect(path, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA wal_autocheckpoint=0")
+    connection.execute("CREATE TABLE IF NOT EXISTS blob (data TEXT)")
+    with connection:
+        connection.executemany("INSERT INTO blob VALUES (?)", [("x" * 2000,)] * rows)
+    return connection
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+async def test_the_checkpointer_copies_the_wal_into_the_file_after_a_poke(tmp_path: Path):
+    """With the automatic checkpoint off (as on the writer's connection) the rows stay in
+    the WAL until the checkpointer's thread, poked, copies them into the database file."""
+    path = tmp_path / "x.db"
+    connection = _fill_with_autocheckpoint_off(path)
+    assert path.stat().st_size < 100_000  # everything is still in the WAL
+    checkpointer = Checkpointer(path, interval=0.01)
+    try:
+        await asyncio.sleep(0.2)
+        assert path.stat().st_size < 100_000, "no checkpoint without a poke"
+        checkpointer.poke()
+        assert await _until(lambda: path.stat().st_size > 400 * 2000)
+    finally:
+        checkpointer.close()
+        connection.close()
+
+
+async def test_the_checkpointer_checkpoints_once_more_when_closed(tmp_path: Path):
+    path = tmp_path / "x.db"
+    checkpointer = Checkpointer(path, interval=3600)
+    connection = _fill_with_autocheckpoint_off(path)
+    assert path.stat().st_size < 100_000
+    checkpointer.poke()  # would wait an hour before checkpointing
+    await asyncio.sleep(0.1)  # the thread is in that wait now
+    await asyncio.to_thread(checkpointer.close)
+    assert path.stat().st_size > 400 * 2000
+    connection.close()
+
+
+async def test_the_batch_writer_leaves_checkpoints_to_the_checkpointer(
+    runtime: Runtime, project: CreatedProject
+):
+    """The writer's own connection never checkpoints (it would copy the WAL inside a
+    batch's commit); after its commits the checkpointer does."""
+    writer = runtime.database.sync_writer
+    assert writer is not None and runtime.database.checkpointer is not None
+    with writer.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    path = runtime.settings.sqlite_path
+    assert path is not None
+    before = path.stat().st_size
+    events = [make_event(n, message="x" * 4000) for n in range(200)]
+    await ingest_events(writer=runtime.writer, project=project.project, events=events)
+    assert await _until(lambda: path.stat().st_size > before + 200 * 4000)
+
+
+async def test_the_writer_stores_times_in_the_one_text_format(
+    runtime: Runtime, project: CreatedProject
+):
+    """The writer sends its statements to SQLite's driver itself: times must be stored as
+    SQLAlchemy stores them everywhere else (SQLite compares the text), on insert and on
+    the updates that move first and last seen."""
+    early, late = T0 - timedelta(days=1), T0 + timedelta(days=1)
+    for at in (T0, early, late):  # the same group and user, each time older or newer
+        await ingest_events(
+            writer=runtime.writer,
+            project=project.project,
+            events=[make_event(1, at=at, user="u1")],
+        )
+    path = runtime.settings.sqlite_path
+    assert path is not None
+    connection = sqlite3.connect(path)
+    try:
+        stored = [
+            *connection.execute("SELECT timestamp, received_at FROM event").fetchall(),
+            *connection.execute("SELECT first_seen, last_seen FROM error_group").fetchall(),
+            *connection.execute("SELECT first_seen, last_seen FROM affected_user").fetchall(),
+            *connection.execute("SELECT first_seen, last_seen FROM group_user").fetchall(),
+        ]
+        group = connection.execute("SELECT first_seen, last_seen FROM error_group").fetchone()
+    finally:
+        connection.close()
+    text_format = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{6})?$")
+    assert stored and all(text_format.match(value) for row in stored for value in row), stored
+    assert group == (
+        early.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        late.strftime("%Y-%m-%d %H:%M:%S.%f"),
+    )

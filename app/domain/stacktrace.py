@@ -38,6 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from app.domain.event import MAX_FRAMES, ExceptionIn, Frame
@@ -53,7 +54,27 @@ def parse_stacktrace(text: str) -> list[ExceptionIn]:
 
     An empty answer tells the caller to keep the raw text as it is: a wrong parse
     would group events by frames that are not there.
+
+    Every event of a bug sends the same text, so texts up to CACHED_TEXT_LENGTH are
+    parsed once and their chain reused (a list of its own each time; the models in it
+    are never changed in place, only copied): parsing was most of the CPU time of an
+    event sent as traceback text.
     """
+    if len(text) <= CACHED_TEXT_LENGTH:
+        return list(_parse_cached(text))
+    return _parse(text)
+
+
+# Up to 512 texts of at most 64 KiB: a few MiB at worst, most tracebacks are a few KiB.
+CACHED_TEXT_LENGTH = 64 * 1024
+
+
+@lru_cache(maxsize=512)
+def _parse_cached(text: str) -> tuple[ExceptionIn, ...]:
+    return tuple(_parse(text))
+
+
+def _parse(text: str) -> list[ExceptionIn]:
     lines = _lines(text)
     fmt = _detect(lines)
     if fmt is None:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -216,17 +217,109 @@ class _Seen:
                 self.attrs.setdefault(key, value)
 
 
-def _insert_ignoring_conflicts(conn: Connection, table: sa.Table) -> Any:
-    """INSERT … ON CONFLICT DO NOTHING in the connection's dialect.
+@cache
+def _insert_ignoring_conflicts(dialect: str, table: sa.Table, *returning: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING `returning` in `dialect`, built once.
 
-    Executed with the rows as parameters (`conn.execute(stmt, rows)`), never with
-    `.values(rows)`: SQLAlchemy caches the compiled executemany form and sends it as
-    multi-row VALUES itself, whereas a `.values(list)` statement has no cache key and was
-    compiled anew for every batch (a sixth of the writer's time at one event per batch).
+    Executed with the rows as parameters (`_run(conn, stmt, rows)`), never with
+    `.values(rows)`: a `.values(list)` statement has no cache key and was compiled anew
+    for every batch (a sixth of the writer's time at one event per batch).
     """
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).on_conflict_do_nothing().returning(*(table.c[name] for name in returning))
+
+
+@dataclass(frozen=True)
+class _DriverStatement:
+    """A write statement compiled once, with what turns a row of parameters into the
+    driver's positional values."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    literals: tuple[tuple[int, Any], ...]
+    returning: bool
+
+    def values(self, row: dict[str, Any]) -> list[Any]:
+        values = [row.get(name) for name in self.names]
+        for index, value in self.literals:
+            values[index] = value
+        for index, process in self.processors:
+            values[index] = process(values[index])
+        return values
+
+
+_DRIVER_STATEMENTS: dict[tuple[Any, tuple[str, ...]], _DriverStatement | None] = {}
+
+
+def _driver_statement(
+    conn: Connection, stmt: Any, keys: tuple[str, ...]
+) -> _DriverStatement | None:
+    """`stmt` compiled for SQLite's driver with the parameters `keys`; None when the
+    statement needs what only SQLAlchemy's execution does (column defaults to compute)."""
+    cache_key = (stmt, keys)
+    if cache_key in _DRIVER_STATEMENTS:
+        return _DRIVER_STATEMENTS[cache_key]
+    dialect = conn.dialect
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    prepared = None
+    if not (compiled.insert_prefetch or compiled.update_prefetch) and compiled.positiontup:
+        names = tuple(compiled.positiontup)
+        # A name may be bound more than once (`_earlier`'s comparison and its result),
+        # once typed and once not: the typed one decides, as in SQLAlchemy's execution.
+        types: dict[str, Any] = {}
+        for bind, name in compiled.bind_names.items():
+            if not isinstance(bind.type, sa.types.NullType):
+                types.setdefault(name, bind.type)
+        processors = []
+        literals = []
+        for index, name in enumerate(names):
+            if name not in keys:
+                literals.append((index, compiled.binds[name].effective_value))
+            if name in types:
+                process = types[name].dialect_impl(dialect).bind_processor(dialect)
+                if process is not None:
+                    processors.append((index, process))
+        prepared = _DriverStatement(
+            sql=compiled.string,
+            names=names,
+            processors=tuple(processors),
+            literals=tuple(literals),
+            returning=bool(compiled.effective_returning),
+        )
+    if len(_DRIVER_STATEMENTS) > 256:  # only the writer's few statements belong here
+        _DRIVER_STATEMENTS.clear()
+    _DRIVER_STATEMENTS[cache_key] = prepared
+    return prepared
+
+
+def _run(conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Execute the write `stmt` once per row of `rows`; the rows it returns.
+
+    On SQLite the statement goes straight to the driver's cursor, compiled once: through
+    SQLAlchemy's execution every row cost more Python than SQLite took to store it (most
+    of the writer's time), and SQLite, in process, gains nothing from multi-row
+    statements. Elsewhere (PostgreSQL, where rows are sent together) SQLAlchemy runs it.
+    """
+    if not rows:
+        return []
+    if conn.dialect.name == "sqlite":
+        prepared = _driver_statement(conn, stmt, tuple(rows[0]))
+        if prepared is not None:
+            cursor = conn.connection.cursor()
+            try:
+                if not prepared.returning:
+                    cursor.executemany(prepared.sql, [prepared.values(row) for row in rows])
+                    return []
+                out: list[tuple[Any, ...]] = []
+                for row in rows:
+                    cursor.execute(prepared.sql, prepared.values(row))
+                    out.extend(cursor.fetchall())
+                return out
+            finally:
+                cursor.close()
+    result = conn.execute(stmt, list(rows))
+    return [tuple(row) for row in result] if result.returns_rows else []
 
 
 def _later(column: sa.Column[Any], param: str) -> Any:
@@ -238,6 +331,75 @@ def _earlier(column: sa.Column[Any], param: str) -> Any:
     moves `first_seen` back: first seen is the earliest occurrence, not the first
     received."""
     return sa.case((column > sa.bindparam(param), sa.bindparam(param)), else_=column)
+
+
+_INSERT_EVENTS = sa.insert(EVENTS).returning(
+    EVENTS.c.id, EVENTS.c.project_id, EVENTS.c.event_id, sort_by_parameter_order=True
+)
+_UPDATE_GROUPS = (
+    GROUPS.update()
+    .where(GROUPS.c.id == sa.bindparam("b_id"))
+    .values(
+        count=GROUPS.c.count + sa.bindparam("b_count"),
+        user_count=GROUPS.c.user_count + sa.bindparam("b_users"),
+        account_count=GROUPS.c.account_count + sa.bindparam("b_accounts"),
+        first_seen=_earlier(GROUPS.c.first_seen, "b_first"),
+        last_seen=_later(GROUPS.c.last_seen, "b_last"),
+        last_release=sa.func.coalesce(sa.bindparam("b_release"), GROUPS.c.last_release),
+        status=sa.bindparam("b_status"),
+        is_regression=sa.bindparam("b_regression"),
+        resolved_at=sa.bindparam("b_resolved_at"),
+        resolved_in_release=sa.bindparam("b_resolved_in"),
+        ignored_at=sa.bindparam("b_ignored_at"),
+        ignore_until=sa.bindparam("b_ignore_until"),
+        ignore_until_count=sa.bindparam("b_ignore_count"),
+        ignore_until_user_count=sa.bindparam("b_ignore_users"),
+        ignore_base_count=sa.bindparam("b_ignore_base"),
+        ignore_base_user_count=sa.bindparam("b_ignore_base_users"),
+    )
+)
+
+
+@cache
+def _update_people(table: sa.Table) -> Any:
+    return (
+        table.update()
+        .where(table.c.id == sa.bindparam("b_id"))
+        .values(
+            event_count=table.c.event_count + sa.bindparam("b_count"),
+            first_seen=_earlier(table.c.first_seen, "b_first"),
+            last_seen=_later(table.c.last_seen, "b_last"),
+            **{
+                # Typed, so that `data` is bound as JSON, not as a bare dict.
+                name: sa.func.coalesce(
+                    sa.bindparam(f"b_{name}", type_=table.c[name].type), table.c[name]
+                )
+                for name in _people_attributes(table)
+            },
+        )
+    )
+
+
+def _people_attributes(table: sa.Table) -> list[str]:
+    return [
+        c.name for c in table.c if c.name in {"email", "username", "name", "ip_address", "data"}
+    ]
+
+
+@cache
+def _update_links(table: sa.Table, other: str) -> Any:
+    return (
+        table.update()
+        .where(
+            table.c.group_id == sa.bindparam("b_group"),
+            table.c[other] == sa.bindparam("b_other"),
+        )
+        .values(
+            event_count=table.c.event_count + sa.bindparam("b_count"),
+            first_seen=_earlier(table.c.first_seen, "b_first"),
+            last_seen=_later(table.c.last_seen, "b_last"),
+        )
+    )
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -385,7 +547,9 @@ class BatchWriter:
             # The whole transaction in one call to a thread: through the async driver each
             # statement was a round trip to SQLite's thread and back through the event
             # loop, where it queued behind the requests being read (a dozen per batch).
-            return await asyncio.to_thread(_write_in_transaction, writer, batch, received)
+            written = await asyncio.to_thread(_write_in_transaction, writer, batch, received)
+            self._database.wrote()
+            return written
         async with self._database.write_sessions.begin() as session:
             conn = await session.connection()
             return await conn.run_sync(_write_batch, batch, received)
@@ -517,13 +681,7 @@ def _write_batch(
         )
     new_ids: dict[tuple[int, str], int] = {}
     for chunk in _chunks(event_rows):
-        inserted = conn.execute(
-            sa.insert(EVENTS).returning(
-                EVENTS.c.id, EVENTS.c.project_id, EVENTS.c.event_id, sort_by_parameter_order=True
-            ),
-            list(chunk),
-        )
-        for row_id, project_id, event_id in inserted:
+        for row_id, project_id, event_id in _run(conn, _INSERT_EVENTS, chunk):
             new_ids[(project_id, event_id)] = row_id
 
     # 5. Which users and accounts each group affected.
@@ -545,30 +703,7 @@ def _write_batch(
     regressed, updates = _group_updates(
         group_rows, groups, new_users, new_accounts, received=received
     )
-    if updates:
-        conn.execute(
-            GROUPS.update()
-            .where(GROUPS.c.id == sa.bindparam("b_id"))
-            .values(
-                count=GROUPS.c.count + sa.bindparam("b_count"),
-                user_count=GROUPS.c.user_count + sa.bindparam("b_users"),
-                account_count=GROUPS.c.account_count + sa.bindparam("b_accounts"),
-                first_seen=_earlier(GROUPS.c.first_seen, "b_first"),
-                last_seen=_later(GROUPS.c.last_seen, "b_last"),
-                last_release=sa.func.coalesce(sa.bindparam("b_release"), GROUPS.c.last_release),
-                status=sa.bindparam("b_status"),
-                is_regression=sa.bindparam("b_regression"),
-                resolved_at=sa.bindparam("b_resolved_at"),
-                resolved_in_release=sa.bindparam("b_resolved_in"),
-                ignored_at=sa.bindparam("b_ignored_at"),
-                ignore_until=sa.bindparam("b_ignore_until"),
-                ignore_until_count=sa.bindparam("b_ignore_count"),
-                ignore_until_user_count=sa.bindparam("b_ignore_users"),
-                ignore_base_count=sa.bindparam("b_ignore_base"),
-                ignore_base_user_count=sa.bindparam("b_ignore_base_users"),
-            ),
-            updates,
-        )
+    _run(conn, _UPDATE_GROUPS, updates)
 
     # 7. Results, per caller, in the order sent; and what to publish after commit.
     results: list[list[IngestResult]] = []
@@ -652,9 +787,7 @@ def _upsert_people(
     """Users or accounts by (project, external id) → our id, counting this batch's events."""
     if not seen:
         return {}
-    attr_columns = [
-        c.name for c in table.c if c.name in {"email", "username", "name", "ip_address", "data"}
-    ]
+    attr_columns = _people_attributes(table)
     ids: dict[tuple[int, str], int] = {}
     _select_people(conn, table, list(seen), ids)
     missing = [key for key in seen if key not in ids]
@@ -670,10 +803,10 @@ def _upsert_people(
             }
             for key in chunk
         ]
-        stmt = _insert_ignoring_conflicts(conn, table).returning(
-            table.c.id, table.c.project_id, table.c.external_id
+        stmt = _insert_ignoring_conflicts(
+            conn.dialect.name, table, "id", "project_id", "external_id"
         )
-        for row_id, project_id, external_id in conn.execute(stmt, rows):
+        for row_id, project_id, external_id in _run(conn, stmt, rows):
             ids[(project_id, external_id)] = row_id
     created = {key for key in missing if key in ids}
     lost_race = [key for key in missing if key not in ids]
@@ -681,21 +814,9 @@ def _upsert_people(
         _select_people(conn, table, lost_race, ids)
     existing = [key for key in seen if key not in created]
     if existing:
-        conn.execute(
-            table.update()
-            .where(table.c.id == sa.bindparam("b_id"))
-            .values(
-                event_count=table.c.event_count + sa.bindparam("b_count"),
-                first_seen=_earlier(table.c.first_seen, "b_first"),
-                last_seen=_later(table.c.last_seen, "b_last"),
-                **{
-                    # Typed, so that `data` is bound as JSON, not as a bare dict.
-                    name: sa.func.coalesce(
-                        sa.bindparam(f"b_{name}", type_=table.c[name].type), table.c[name]
-                    )
-                    for name in attr_columns
-                },
-            ),
+        _run(
+            conn,
+            _update_people(table),
             [
                 {
                     "b_id": ids[key],
@@ -809,10 +930,8 @@ def _upsert_groups(
                     "last_release": None,
                 }
             )
-        stmt = _insert_ignoring_conflicts(conn, GROUPS).returning(
-            GROUPS.c.project_id, GROUPS.c.fingerprint
-        )
-        created.update((project_id, fp) for project_id, fp in conn.execute(stmt, values))
+        stmt = _insert_ignoring_conflicts(conn.dialect.name, GROUPS, "project_id", "fingerprint")
+        created.update((project_id, fp) for project_id, fp in _run(conn, stmt, values))
     if missing:
         # Includes groups another process created between our select and insert.
         _select_groups(conn, missing, rows)
@@ -829,7 +948,7 @@ def _upsert_links(
     keys = list(seen)
     created: set[tuple[int, int]] = set()
     for chunk in _chunks(keys):
-        stmt = _insert_ignoring_conflicts(conn, table).returning(table.c.group_id, table.c[other])
+        stmt = _insert_ignoring_conflicts(conn.dialect.name, table, "group_id", other)
         rows = [
             {
                 "group_id": group_id,
@@ -840,22 +959,14 @@ def _upsert_links(
             }
             for group_id, other_id in chunk
         ]
-        created.update((group_id, other_id) for group_id, other_id in conn.execute(stmt, rows))
+        created.update((group_id, other_id) for group_id, other_id in _run(conn, stmt, rows))
     for group_id, _ in created:
         new_per_group[group_id] = new_per_group.get(group_id, 0) + 1
     existing = [key for key in keys if key not in created]
     if existing:
-        conn.execute(
-            table.update()
-            .where(
-                table.c.group_id == sa.bindparam("b_group"),
-                table.c[other] == sa.bindparam("b_other"),
-            )
-            .values(
-                event_count=table.c.event_count + sa.bindparam("b_count"),
-                first_seen=_earlier(table.c.first_seen, "b_first"),
-                last_seen=_later(table.c.last_seen, "b_last"),
-            ),
+        _run(
+            conn,
+            _update_links(table, other),
             [
                 {
                     "b_group": group_id,
