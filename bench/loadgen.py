@@ -79,13 +79,48 @@ def _template() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     return orjson.loads(header_line), orjson.loads(item_line), orjson.loads(payload.rstrip())
 
 
+def _with_order(value: Any, order: str, user: int) -> Any:
+    """Frame variables as this event's order and user would have them."""
+    if isinstance(value, dict):
+        return {key: _with_order(item, order, user) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_order(item, order, user) for item in value]
+    if value == TEMPLATE_ORDER:
+        return order
+    if value == TEMPLATE_USER:
+        return f"'u-{user}'"
+    return value
+
+
+# What the captured event's variables hold for its one order and user.
+TEMPLATE_ORDER = "1009"
+TEMPLATE_USER = "'u-1042'"
+
+
 def sentry_event(
-    template: dict[str, Any], *, signature: int, user: int, now: datetime
+    template: dict[str, Any],
+    *,
+    signature: int,
+    user: int,
+    now: datetime,
+    order: int = 1009,
 ) -> dict[str, Any]:
-    """The template as signature `signature` and user `user`, new id and time."""
+    """The template as signature `signature`, user `user` and order `order`, new id and
+    time: what differs from one real event of a bug to the next (the ids in its frames'
+    variables, its breadcrumbs' times), so that nothing downstream sees the same data
+    twice where a real application would not send it."""
     event: dict[str, Any] = orjson.loads(orjson.dumps(template))
     event["event_id"] = uuid.uuid4().hex
     event["timestamp"] = now.isoformat().replace("+00:00", "Z")
+    for value in event["exception"]["values"]:
+        for frame in (value.get("stacktrace") or {}).get("frames") or []:
+            if frame.get("vars"):
+                frame["vars"] = _with_order(frame["vars"], str(order), user)
+    crumbs = event["breadcrumbs"]["values"]
+    for index, crumb in enumerate(crumbs):
+        # Seconds before the event, in the template's order, microseconds from the order.
+        at = now.timestamp() - (len(crumbs) - index) - (order % 997) / 1e6
+        crumb["timestamp"] = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
     exception = event["exception"]["values"][-1]
     exception["type"] = f"PaymentDeclined{signature:05d}"
     exception["value"] = f"card declined: card_declined (gateway {signature})"
@@ -153,7 +188,11 @@ def build_requests(
     now = datetime.now(UTC)
     events = [
         sentry_event(
-            template, signature=rng.randrange(signatures), user=rng.randrange(USERS), now=now
+            template,
+            signature=rng.randrange(signatures),
+            user=rng.randrange(USERS),
+            now=now,
+            order=rng.randrange(1_000_000),
         )
         for _ in range(count)
     ]

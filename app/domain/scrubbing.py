@@ -258,9 +258,10 @@ def scrub_text(text: str, rules: ScrubRules) -> str:
     if not text:
         return text
     if len(text) <= CACHED_TEXT_LENGTH:
-        # Keyed by the key parts alone (the text rules use nothing else of the rules):
-        # a tuple hashes in C, the dataclass's generated hash in Python.
-        return _scrub_short_text(text, rules.extra_keys)
+        # Keyed by the key parts alone (the text rules use nothing else of the rules).
+        verdicts = _verdicts(rules.extra_keys)
+        scrubbed = verdicts.texts.get(text)
+        return verdicts.text(text) if scrubbed is None else scrubbed
     if len(text) <= CACHED_LONG_TEXT_LENGTH:
         return _scrub_long_text(text, rules.extra_keys)
     return _scrub_text(text, rules)
@@ -346,7 +347,9 @@ def scrub_data(value: Any, rules: ScrubRules, *, depth: int = 0) -> Any:
             scrubbed = _scrub_data(value, rules, 0)
             if scrubbed == value:
                 if len(_clean) >= _CLEAN_CACHE_SIZE:
-                    del _clean[next(iter(_clean))]  # the oldest verdict
+                    # Start again rather than evict one by one: taking the oldest of a dict
+                    # over and over walks the holes the earlier deletions left.
+                    _clean.clear()
                 _clean[key] = True
                 return value
             return scrubbed
@@ -369,8 +372,19 @@ def _scrub_data(value: Any, rules: ScrubRules, depth: int) -> Any:
                 else [name, _scrub_data(item, rules, depth + 1)]
                 for name, item in value
             ]
-        return [_scrub_data(item, rules, depth + 1) for item in value]
+        return [
+            _short_text(item, rules) if type(item) is str else _scrub_data(item, rules, depth + 1)
+            for item in value
+        ]
     return _scrub_scalar(value, rules, depth)
+
+
+def _short_text(text: str, rules: ScrubRules) -> str:
+    if 0 < len(text) <= CACHED_TEXT_LENGTH:
+        verdicts = _verdicts(rules.extra_keys)
+        scrubbed = verdicts.texts.get(text)
+        return verdicts.text(text) if scrubbed is None else scrubbed
+    return scrub_text(text, rules)
 
 
 def _scrub_scalar(value: Any, rules: ScrubRules, depth: int) -> Any:
@@ -386,26 +400,64 @@ def _scrub_scalar(value: Any, rules: ScrubRules, depth: int) -> Any:
     return value
 
 
+class _Verdicts:
+    """The key verdicts and short texts' scrubbed forms already worked out for one set of
+    key parts, in plain dicts: the walk's hot loop looks them up with `dict.get`, where
+    the `lru_cache` behind them costs a call and a key tuple per value (half the walk)."""
+
+    LIMIT = 16384
+
+    def __init__(self, extra_keys: tuple[str, ...]) -> None:
+        self.extra_keys = extra_keys
+        self.kinds: dict[str, str] = {}
+        self.texts: dict[str, str] = {}
+
+    def kind(self, key: str) -> str:
+        if len(self.kinds) >= self.LIMIT:
+            self.kinds.clear()
+        verdict = self.kinds[key] = _key_kind(key, self.extra_keys)
+        return verdict
+
+    def text(self, text: str) -> str:
+        if len(self.texts) >= self.LIMIT:
+            self.texts.clear()
+        scrubbed = self.texts[text] = _scrub_short_text(text, self.extra_keys)
+        return scrubbed
+
+
+_VERDICTS: dict[tuple[str, ...], _Verdicts] = {}
+
+
+def _verdicts(extra_keys: tuple[str, ...]) -> _Verdicts:
+    found = _VERDICTS.get(extra_keys)
+    if found is None:
+        if len(_VERDICTS) >= 64:  # projects' own key lists: a handful in practice
+            _VERDICTS.clear()
+        found = _VERDICTS[extra_keys] = _Verdicts(extra_keys)
+    return found
+
+
 def _scrub_mapping(value: dict[Any, Any], rules: ScrubRules, depth: int) -> dict[Any, Any]:
     # The walk's hot loop (every key of every mapping of every event): the common leaves,
     # short text, floats and None, are handled here rather than in a call per value.
-    extra = rules.extra_keys
+    verdicts = _verdicts(rules.extra_keys)
+    kinds, texts = verdicts.kinds, verdicts.texts
     out: dict[Any, Any] = {}
     for key, item in value.items():
         kind = type(item)
         if isinstance(key, str):
-            verdict = _key_kind(key, extra)
+            verdict = kinds.get(key) or verdicts.kind(key)
             if verdict is _SECRET or (
                 verdict is _SCALAR_SECRET and not isinstance(item, dict | list | tuple)
             ):
                 out[key] = FILTERED
                 continue
         if kind is str:
-            out[key] = (
-                _scrub_short_text(item, extra)
-                if 0 < len(item) <= CACHED_TEXT_LENGTH
-                else scrub_text(item, rules)
-            )
+            if 0 < len(item) <= CACHED_TEXT_LENGTH:
+                scrubbed = texts.get(item)
+                out[key] = verdicts.text(item) if scrubbed is None else scrubbed
+            else:
+                out[key] = scrub_text(item, rules)
         elif item is None or kind is float or kind is bool:
             out[key] = item
         else:
@@ -447,10 +499,20 @@ def _scrub_frame(frame: Frame, rules: ScrubRules) -> Frame:
     update = {
         "vars": scrub_data(frame.vars, rules),
         "context_line": scrub_text(frame.context_line, rules) if frame.context_line else None,
-        "pre_context": [scrub_text(line, rules) for line in frame.pre_context],
-        "post_context": [scrub_text(line, rules) for line in frame.post_context],
+        "pre_context": _scrub_lines(frame.pre_context, rules),
+        "post_context": _scrub_lines(frame.post_context, rules),
     }
     return _copy_if_changed(frame, update)
+
+
+def _scrub_lines(lines: list[str], rules: ScrubRules) -> list[str]:
+    """Source lines (ten a frame, most of them seen before), looked up in one loop."""
+    texts = _verdicts(rules.extra_keys).texts
+    out = []
+    for line in lines:
+        scrubbed = texts.get(line)
+        out.append(scrub_text(line, rules) if scrubbed is None else scrubbed)
+    return out
 
 
 def _copy_if_changed(model: Any, update: dict[str, Any]) -> Any:
