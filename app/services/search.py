@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app.domain.event import EventIn
 from app.models import Event
 
 WORD = re.compile(r"\w+", re.UNICODE)
@@ -30,6 +31,43 @@ _PG_DOCUMENT = (
     "jsonb_path_query_array(event.exceptions, '$[*].frames[*].module')::text || ' ' || "
     "jsonb_path_query_array(event.exceptions, '$[*].frames[*].filename')::text, ''))"
 )
+
+
+# SQLite: the writer adds each event's row to the FTS5 table itself (`sqlite_fts_row`);
+# the delete trigger of migration 0003 removes it, computing the stack text in SQL.
+SQLITE_FTS_INSERT = (
+    "INSERT INTO event_fts(rowid, exception_type, exception_value, message, stack) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def sqlite_stack_text(event: EventIn) -> str | None:
+    """The stack text FTS5 indexes for `event`: its raw stack text, else each frame's
+    function, module and file name. It must equal what migration 0003's `_sqlite_stack`
+    computes from the stored row, which the delete trigger hands to a contentless FTS5
+    table to forget the row: a row is forgotten only with the values it was indexed by.
+    Built here from the frames in memory, where SQL took them apart from the stored JSON
+    (json_each, json_extract) at four-fifths of the cost of storing an event."""
+    if event.raw_stacktrace is not None:
+        return event.raw_stacktrace
+    parts = [
+        f"{frame.function or ''} {frame.module or ''} {frame.filename or ''}"
+        for exception in event.exceptions
+        for frame in exception.frames
+    ]
+    return " ".join(parts) if parts else None
+
+
+def sqlite_fts_row(row_id: int, event: EventIn) -> tuple[Any, ...]:
+    """The parameters of SQLITE_FTS_INSERT for the stored event `row_id`."""
+    primary = event.primary_exception
+    return (
+        row_id,
+        primary.type if primary else None,
+        primary.value if primary else None,
+        event.message,
+        sqlite_stack_text(event),
+    )
 
 
 def search_words(text: str) -> list[str]:
