@@ -42,6 +42,20 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """What a UTCDateTime column binds on SQLite, SQLAlchemy's DATETIME text of the UTC
+    time (`2026-12-04 17:05:09.000123`), written by `isoformat` in C: the batch writer
+    binds several times per event, and the two processors' Python (a conversion, then a
+    `%`-format of seven fields) were a tenth of its time."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    utc = value.astimezone(UTC).replace(tzinfo=None)
+    text = utc.isoformat(" ")
+    return text if utc.microsecond else text + ".000000"
+
+
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 
 

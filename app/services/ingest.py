@@ -50,6 +50,8 @@ from app.models import (
     GroupStatus,
     GroupUser,
     Project,
+    UTCDateTime,
+    sqlite_utc_text,
     utcnow,
 )
 from app.pubsub import EVENT_CAPTURED, GROUP_CREATED, GROUP_UPDATED, PubSub
@@ -280,7 +282,11 @@ def _driver_statement(
             if name not in keys:
                 literals.append((index, compiled.binds[name].effective_value))
             if name in types:
-                process = types[name].dialect_impl(dialect).bind_processor(dialect)
+                process = (
+                    sqlite_utc_text
+                    if isinstance(types[name], UTCDateTime)
+                    else types[name].dialect_impl(dialect).bind_processor(dialect)
+                )
                 if process is not None:
                     processors.append((index, process))
         prepared = _DriverStatement(
