@@ -131,7 +131,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.domain.event import EventIn, EventType, ExceptionIn, Level, UserIn, without_nul
+from app.domain.event import (
+    EventIn,
+    EventType,
+    ExceptionIn,
+    Level,
+    UserIn,
+    free_form,
+    without_nul,
+)
 from app.errors import (
     ErrorgraphError,
     Forbidden,
@@ -418,7 +426,7 @@ class Call:
         raw = await read_body(self.request, limit=self.runtime.settings.max_body_bytes)
         if optional and not raw.strip():
             return {}
-        return without_nul(parse_json(raw))
+        return _cleaned(parse_json(raw), field="body")
 
     def query(self) -> dict[str, str]:
         params: dict[str, str] = {}
@@ -430,6 +438,14 @@ class Call:
 
     def path(self, name: str) -> str:
         return str(without_nul(self.request.path_params[name]))
+
+
+def _cleaned(value: Any, *, field: str) -> Any:
+    """Parsed JSON without NUL, refused past the nesting events may have (`free_form`)."""
+    try:
+        return free_form(value)
+    except ValueError as exc:
+        raise InvalidInput(f"the {field} is {exc}", field=field) from None
 
 
 FORBIDDEN_BY_SCOPE = {
@@ -634,7 +650,7 @@ def _filter_from_query(params: dict[str, str]) -> FilterIn | None:
             "filter must be URL-encoded JSON, like filter=%7B%22level%22%3A%22error%22%7D",
             field="filter",
         ) from None
-    return _validated(FilterIn, without_nul(data), prefix="filter")
+    return _validated(FilterIn, _cleaned(data, field="filter"), prefix="filter")
 
 
 def event_filter(call: Call, spec: FilterIn | None, *, search: str | None = None) -> EventFilter:

@@ -25,6 +25,7 @@ comes from:
 | key without the `ingest` scope | 403 | `{"detail": "…"}` |
 | no user context header | 400 | `{"detail": "…"}` |
 | a parameter missing, blank or not a string | 400 | `{"title": ["This field is required."], …}` |
+| other parameters nested over 64 levels deep | 400 | `{"extra": ["nested deeper than …"]}` |
 | body not JSON / not an object / not UTF-8 | 400 | `{"detail": "…"}` |
 | body over the size limit | 413 | `{"detail": "…"}` |
 | another content type | 415 | `{"detail": "Unsupported media type …"}` |
@@ -45,6 +46,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -148,6 +150,16 @@ def to_event(
     )
 
 
+def _event_errors(exc: ValidationError) -> dict[str, list[str]]:
+    """What the event made of the parameters cannot hold, in the shape of `_field_errors`
+    (free-form parameters are checked together, as `extra`)."""
+    errors: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        name = ".".join(str(part) for part in error["loc"]) or "body"
+        errors.setdefault(name, []).append(error["msg"].removeprefix("Value error, "))
+    return errors
+
+
 def _detail(exc: ErrorgraphError) -> dict[str, Any]:
     if isinstance(exc, InvalidKey):
         return {"detail": f"Invalid ENV-KEY: {exc.message}"}
@@ -177,12 +189,15 @@ async def post_error_log(request: Request) -> Response:
         errors = _field_errors(params)
         if errors:
             return JSONOut(errors, status_code=400)
-        event = to_event(
-            params,
-            user_context=user_context,
-            user_agent=request.headers.get("user-agent"),
-            ip=client_ip(request),
-        )
+        try:
+            event = to_event(
+                params,
+                user_context=user_context,
+                user_agent=request.headers.get("user-agent"),
+                ip=client_ip(request),
+            )
+        except ValidationError as exc:
+            return JSONOut(_event_errors(exc), status_code=400)
         [result] = await ingest_events(
             writer=runtime.writer, project=grant.project, events=[event], key_id=grant.key_id
         )

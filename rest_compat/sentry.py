@@ -86,7 +86,6 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import accumulate
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,7 +104,15 @@ from pydantic_core import CoreSchema
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.domain.event import EventIn, EventType, ExceptionIn, Frame, Level, UserIn
+from app.domain.event import (
+    MAX_JSON_DEPTH,
+    EventIn,
+    EventType,
+    ExceptionIn,
+    Frame,
+    Level,
+    UserIn,
+)
 from app.errors import (
     ErrorgraphError,
     Forbidden,
@@ -139,8 +146,6 @@ MAX_CLIENT_REPORT_BYTES = 64 * 1024
 MAX_HEADER_LINE = 64 * 1024
 # Items per envelope: SDKs send a few; many thousands of tiny ones are an attack.
 MAX_ITEMS = 10_000
-# JSON nesting: deeper data is refused before anything recurses over it.
-MAX_JSON_DEPTH = 64
 # The store endpoint's body is one event, possibly base64 (4/3 larger) of zlib data.
 MAX_STORE_DECODED_BYTES = 2 * MiB
 
@@ -252,9 +257,9 @@ def _finite(value: Any) -> Any:
 
 
 def _check_depth(value: Any, *, what: str) -> None:
-    """Refuse JSON nested deeper than MAX_JSON_DEPTH: storing and validating it recurses,
-    and SDKs cut their data far shallower (the Python SDK at 10 levels). For values the
-    standard library parsed (see `load_json`); orjson's are measured on their text."""
+    """Refuse JSON nested deeper than MAX_JSON_DEPTH, for what the standard library parsed
+    (see `load_json`): the fallback would carry it on into code that recurses before the
+    event's free-form fields are checked (`app.domain.event.free_form`)."""
     # One level at a time, and only containers go on to the next: most of an event's
     # values are scalars, and pushing each of them was a twentieth of ingest's time.
     level = [value] if isinstance(value, dict | list) else []
@@ -274,29 +279,6 @@ def _too_deep(what: str) -> InvalidInput:
     return InvalidInput(f"the {what} is nested deeper than {MAX_JSON_DEPTH} levels", field=what)
 
 
-# What a bracket does to the nesting depth, by byte value; every other byte is deleted.
-_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
-_DEPTH_STEP = [0] * 256
-for _byte in b"[{":
-    _DEPTH_STEP[_byte] = 1
-for _byte in b"]}":
-    _DEPTH_STEP[_byte] = -1
-
-
-def json_depth(text: bytes) -> int:
-    """How deep the containers of `text`, UTF-8 JSON that has parsed, nest (0: a scalar).
-
-    Read off the bytes in C-level passes rather than by walking the parsed value (a
-    tenth of the event loop's time per Sentry event): escaped backslashes and then
-    escaped quotes are dropped, which leaves every `"` a string's start or end, so the
-    brackets outside strings are every other piece of a split on `"`; the depth is the
-    highest running sum of those brackets, `[`/`{` up and `]`/`}` down.
-    """
-    unescaped = text.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
-    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
-
-
 def load_json(data: bytes, *, what: str) -> Any:
     """Parse `data`; orjson first (fast), the standard library when orjson refuses,
     because the Python SDK writes NaN and Infinity, which only the latter reads."""
@@ -305,8 +287,7 @@ def load_json(data: bytes, *, what: str) -> Any:
     except orjson.JSONDecodeError as exc:
         first_error = str(exc)
     else:
-        if json_depth(data) > MAX_JSON_DEPTH:
-            raise _too_deep(what)
+        # How deep what is kept may nest is checked with it (`app.domain.event.free_form`).
         return value
     try:
         value = json.loads(data, parse_constant=lambda name: _NON_FINITE[name])
