@@ -181,8 +181,9 @@ class EventType(StrEnum):
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
-    # The free-form fields (text fields remove NUL in their own types, nested models in
-    # their own validators): naming them, not "*", spares a call per field of every frame.
+    # The free-form fields, checked by `free_form` (text fields remove NUL in their own
+    # types, nested models in their own validators): naming them, not "*", spares a call
+    # per field of every frame.
     @field_validator(
         "vars",
         "mechanism",
@@ -197,7 +198,7 @@ class _Model(BaseModel):
         check_fields=False,
     )
     @classmethod
-    def _no_nul(cls, value: Any) -> Any:
+    def _free_form_field(cls, value: Any) -> Any:
         if isinstance(value, dict | list):
             return free_form(value)
         return value
