@@ -247,8 +247,8 @@ def _scrub_key_values(text: str, rules: ScrubRules) -> str:
 # Texts are remembered with their scrubbed form: source lines, module versions,
 # breadcrumb messages and tag values recur from one event to the next, and so does a
 # bug's stack trace text; running the text rules' expressions over them again was a
-# fifth of ingest's time (two fifths for events with raw tracebacks). Up to 8192 short
-# texts and 256 long ones: a few MiB at worst.
+# fifth of ingest's time (two fifths for events with raw tracebacks). Up to 16384 short
+# texts per list of key parts (`_Verdicts`) and 256 long ones: a few MiB at worst.
 CACHED_TEXT_LENGTH = 256
 CACHED_LONG_TEXT_LENGTH = 16 * 1024
 
@@ -265,11 +265,6 @@ def scrub_text(text: str, rules: ScrubRules) -> str:
     if len(text) <= CACHED_LONG_TEXT_LENGTH:
         return _scrub_long_text(text, rules.extra_keys)
     return _scrub_text(text, rules)
-
-
-@lru_cache(maxsize=8192)
-def _scrub_short_text(text: str, extra_keys: tuple[str, ...]) -> str:
-    return _scrub_text(text, ScrubRules(extra_keys=extra_keys))
 
 
 @lru_cache(maxsize=256)
@@ -373,18 +368,10 @@ def _scrub_data(value: Any, rules: ScrubRules, depth: int) -> Any:
                 for name, item in value
             ]
         return [
-            _short_text(item, rules) if type(item) is str else _scrub_data(item, rules, depth + 1)
+            scrub_text(item, rules) if type(item) is str else _scrub_data(item, rules, depth + 1)
             for item in value
         ]
     return _scrub_scalar(value, rules, depth)
-
-
-def _short_text(text: str, rules: ScrubRules) -> str:
-    if 0 < len(text) <= CACHED_TEXT_LENGTH:
-        verdicts = _verdicts(rules.extra_keys)
-        scrubbed = verdicts.texts.get(text)
-        return verdicts.text(text) if scrubbed is None else scrubbed
-    return scrub_text(text, rules)
 
 
 def _scrub_scalar(value: Any, rules: ScrubRules, depth: int) -> Any:
@@ -409,6 +396,7 @@ class _Verdicts:
 
     def __init__(self, extra_keys: tuple[str, ...]) -> None:
         self.extra_keys = extra_keys
+        self.rules = ScrubRules(extra_keys=extra_keys)
         self.kinds: dict[str, str] = {}
         self.texts: dict[str, str] = {}
 
@@ -421,7 +409,7 @@ class _Verdicts:
     def text(self, text: str) -> str:
         if len(self.texts) >= self.LIMIT:
             self.texts.clear()
-        scrubbed = self.texts[text] = _scrub_short_text(text, self.extra_keys)
+        scrubbed = self.texts[text] = _scrub_text(text, self.rules)
         return scrubbed
 
 

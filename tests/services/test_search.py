@@ -3,8 +3,13 @@ it; both must compute the same stack text, or a deleted event's words stay behin
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import sqlalchemy as sa
 
+import app
 from app.domain.event import EventIn, ExceptionIn, Frame
 from app.services.events import EventFilter, list_events
 from app.services.ingest import ingest_events
@@ -13,15 +18,19 @@ from app.services.keys import CreatedProject
 from app.services.runtime import Runtime
 from app.services.search import sqlite_stack_text
 
-# Migration 0003's stack text, over the stored row: what the delete trigger hands FTS5.
-STORED_STACK = sa.text(
-    "SELECT id, coalesce(raw_stacktrace, (SELECT group_concat("
-    "coalesce(json_extract(f.value, '$.function'), '') || ' ' || "
-    "coalesce(json_extract(f.value, '$.module'), '') || ' ' || "
-    "coalesce(json_extract(f.value, '$.filename'), ''), ' ') "
-    "FROM json_each(event.exceptions) AS e, json_each(e.value, '$.frames') AS f)) "
-    "FROM event ORDER BY id"
-)
+
+def migration(name: str) -> ModuleType:
+    """A migration module (their file names start with a date, so no import statement)."""
+    [path] = (Path(app.__file__).parent / "migrations" / "versions").glob(f"*_{name}_*.py")
+    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The stack text of each stored row as the delete trigger of migration 0003 computes it.
+STORED_STACK = sa.text(f"SELECT id, {migration('0003')._sqlite_stack('event')} FROM event")
 
 
 def varied_events() -> list[EventIn]:
