@@ -112,6 +112,7 @@ def measure(
                 requests,
                 concurrency=args.concurrency,
                 procs=args.procs,
+                client=args.client,
                 visible=visible,
                 expect_visible=before,
             )
@@ -152,7 +153,8 @@ def compare(
     results: dict[str, list[loadgen.Result]] = {name: [] for name, *_ in sides}
     print(f"## {title}\n\n{machine()}\n", flush=True)
     print(
-        f"{args.concurrency} concurrent requests from {args.procs} generator processes, "
+        f"{args.concurrency} concurrent requests from {args.procs} generator processes "
+        f"({args.client} client), "
         f"{args.signatures} signatures, {args.repeats} repeats\n",
         flush=True,
     )
@@ -263,6 +265,12 @@ def main() -> None:
     parser.add_argument("--bugsink-workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--procs", type=int, default=2, help="generator processes")
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="the generator's HTTP client (see loadgen.Client)",
+    )
     parser.add_argument("--signatures", type=int, default=100)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)

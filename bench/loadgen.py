@@ -47,12 +47,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import httptools
 import httpx
 import orjson
+import uvloop
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "python_event.envelope"
 USERS = 1000
 Shape = Literal["sentry", "batch"]
+# `raw`: asyncio on uvloop, each request's bytes written whole and the answer read by
+# httptools, ~0.05 ms of CPU per request; `httpx`: httpx's AsyncClient, ~1.3 ms.
+Client = Literal["raw", "httpx"]
 
 
 @dataclass(frozen=True)
@@ -222,12 +227,12 @@ def build_requests(
     return requests
 
 
-def accepted_events(request: Request, response: httpx.Response) -> int:
-    if not 200 <= response.status_code < 300:
+def accepted_events(request: Request, status: int, body: bytes) -> int:
+    if not 200 <= status < 300:
         return 0
     if request.events == 1:
         return 1
-    results = response.json().get("results") or []
+    results = orjson.loads(body).get("results") or []
     return sum(1 for result in results if result.get("status") == "ok")
 
 
@@ -243,18 +248,25 @@ class Sent:
 
 
 async def _send_all(
-    base_url: str, requests: Sequence[Request], concurrency: int, start_at: float
+    base_url: str,
+    requests: Sequence[Request],
+    concurrency: int,
+    start_at: float,
+    client: Client = "raw",
 ) -> Sent:
     sent = Sent()
     queue = iter(requests)
+    if client == "raw":
+        await _send_raw(base_url, queue, concurrency, start_at, sent)
+        return sent
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120) as session:
 
         async def worker() -> None:
             for request in queue:
                 began = time.perf_counter()
                 try:
-                    response = await client.post(
+                    response = await session.post(
                         request.path, content=request.body, headers=request.headers
                     )
                 except httpx.HTTPError as exc:
@@ -262,7 +274,7 @@ async def _send_all(
                     continue
                 sent.latencies.append(time.perf_counter() - began)
                 sent.statuses[str(response.status_code)] += 1
-                sent.accepted += accepted_events(request, response)
+                sent.accepted += accepted_events(request, response.status_code, response.content)
 
         # All processes start together: wait for the agreed moment.
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -272,10 +284,101 @@ async def _send_all(
     return sent
 
 
-def _process_main(
-    base_url: str, requests: list[Request], concurrency: int, start_at: float, out: Any
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a request's bytes written whole, the answer
+    read by httptools (the parser uvicorn uses), one request at a time."""
+
+    def __init__(self) -> None:
+        # uvloop's transports are not `asyncio.Transport` instances, though they act as one.
+        self.transport: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.body: list[bytes] = []
+        self.answer: asyncio.Future[tuple[int, bytes]] | None = None
+        self.lost: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        assert self.answer is not None
+        self.answer.set_result((self.parser.get_status_code(), b"".join(self.body)))
+        self.body = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or ConnectionResetError("the server closed the connection")
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(self.lost)
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.answer = asyncio.get_running_loop().create_future()
+        self.transport.write(raw)
+        return await self.answer
+
+
+def _raw_request(request: Request, host: str) -> bytes:
+    """The request's bytes as any HTTP/1.1 client writes them."""
+    lines = [f"POST {request.path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in request.headers.items()]
+    lines.append(f"Content-Length: {len(request.body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + request.body
+
+
+async def _send_raw(
+    base_url: str, queue: Any, concurrency: int, start_at: float, sent: Sent
 ) -> None:
-    sent = asyncio.run(_send_all(base_url, requests, concurrency, start_at))
+    url = httpx.URL(base_url)
+    host, port = url.host, url.port or 80
+    pending = list(queue)
+    raws = iter([(request, _raw_request(request, f"{host}:{port}")) for request in pending])
+    loop = asyncio.get_running_loop()
+
+    async def connect() -> _Connection:
+        _transport, connection = await loop.create_connection(_Connection, host, port)
+        return connection
+
+    connections = [await connect() for _ in range(concurrency)]
+
+    async def worker(connection: _Connection) -> None:
+        for request, raw in raws:
+            if connection.lost is not None:
+                connection = await connect()
+            began = time.perf_counter()
+            try:
+                status, body = await connection.send(raw)
+            except (OSError, httptools.HttpParserError) as exc:
+                sent.statuses[type(exc).__name__] += 1
+                connection.lost = connection.lost or exc
+                continue
+            sent.latencies.append(time.perf_counter() - began)
+            sent.statuses[str(status)] += 1
+            sent.accepted += accepted_events(request, status, body)
+        if connection.transport is not None:
+            connection.transport.close()
+
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    sent.first = time.time()
+    await asyncio.gather(*(worker(connection) for connection in connections))
+    sent.last = time.time()
+
+
+def _process_main(
+    base_url: str,
+    requests: list[Request],
+    concurrency: int,
+    start_at: float,
+    client: Client,
+    out: Any,
+) -> None:
+    if client == "raw":
+        uvloop.install()
+    sent = asyncio.run(_send_all(base_url, requests, concurrency, start_at, client))
     out.send(sent)
     out.close()
 
@@ -316,6 +419,7 @@ def run_load(
     visible: Callable[[], Awaitable[int]] | None = None,
     expect_visible: int = 0,
     visible_timeout: float = 1800.0,
+    client: Client = "raw",
 ) -> Result:
     """Send `requests` and wait until `visible()` reaches `expect_visible` + accepted."""
     procs = max(1, min(procs, concurrency, len(requests)))
@@ -327,7 +431,7 @@ def run_load(
         mine = concurrency // procs + (1 if index < concurrency % procs else 0)
         receive, send = context.Pipe(duplex=False)
         process = context.Process(
-            target=_process_main, args=(base_url, share, mine, start_at, send)
+            target=_process_main, args=(base_url, share, mine, start_at, client, send)
         )
         process.start()
         send.close()
@@ -411,6 +515,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
     parser.add_argument("--signatures", type=int, default=100)
     parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
@@ -430,6 +535,7 @@ def main() -> None:
         procs=args.procs,
         visible=visible,
         expect_visible=before,
+        client=args.client,
     )
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} · {os.cpu_count()} cores shared with the server")
     for name, value in vars(result).items():

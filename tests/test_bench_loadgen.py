@@ -1,0 +1,63 @@
+"""The benchmark's load generator against a real errorgraph server: what it reports is
+what the server stored, with either HTTP client (`bench/README.md` quotes both)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402
+import servers  # noqa: E402
+
+NO_LIMITS = {"ERRORGRAPH_CLIENT_RATE_LIMITS": '{"default": "", "error_tracker": ""}'}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.Server]:
+    with servers.errorgraph_server(
+        tmp_path_factory.mktemp("bench"), extra_env=NO_LIMITS
+    ) as running:
+        yield running
+
+
+@pytest.mark.parametrize("client", ["raw", "httpx"])
+@pytest.mark.parametrize(("shape", "count", "requests"), [("sentry", 40, 40), ("batch", 60, 3)])
+def test_load_is_counted_as_the_server_stores_it(
+    server: servers.Server, client: loadgen.Client, shape: loadgen.Shape, count: int, requests: int
+) -> None:
+    target = loadgen.Target(server.base_url, server.project_id, server.key, shape)
+    built = loadgen.build_requests(target, count=count, signatures=5, batch=20)
+    assert len(built) == requests
+    assert server.token is not None
+    visible = loadgen.graphql_event_count(server.base_url, server.token, server.project_id)
+    before = asyncio.run(visible())
+    result = loadgen.run_load(
+        server.base_url,
+        built,
+        concurrency=4,
+        procs=2,
+        visible=visible,
+        expect_visible=before,
+        client=client,
+    )
+    status = "200" if shape == "sentry" else "202"
+    assert result.statuses == {status: requests}
+    assert result.accepted == count
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert result.e2e_per_s is not None and result.e2e_per_s > 0
+    assert asyncio.run(visible()) == before + count
+
+
+def test_a_refused_request_is_counted_by_its_status(server: servers.Server) -> None:
+    target = loadgen.Target(server.base_url, server.project_id, "0" * 32, "sentry")
+    built = loadgen.build_requests(target, count=6, signatures=2)
+    result = loadgen.run_load(server.base_url, built, concurrency=2, procs=1, client="raw")
+    assert result.accepted == 0
+    assert result.statuses == {"401": 6}
