@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.domain.event import AccountIn, EventIn, ExceptionIn, Frame, UserIn
 from app.domain.scrubbing import (
@@ -177,6 +179,66 @@ def test_data_deeper_than_the_limit_is_filtered_whole():
     for _ in range(150):
         deep = {"next": deep}
     assert SECRET not in repr(scrub_data(deep, DEFAULT))
+
+
+# Keys and texts drawn from what the rules look for and what they must leave alone, so that
+# generated data is often dirty in exactly one place.
+_KEYS = st.sampled_from(
+    ["password", "Api-Key", "session", "pin", "shipping", "name", "order", "p.i.n", "", "id"]
+)
+_TEXTS = st.sampled_from(
+    [
+        "plain",
+        "",
+        FILTERED,
+        "pin=1234",
+        "shipping=4",
+        "see https://u:pw@host/x",
+        "Bearer abc.def",
+        "card 4111 1111 1111 1111",
+        "ts 1710000000000",
+        "sk_" + "0" * 32,
+        "x" * 300,
+        "token " * 60,
+    ]
+)
+_SCALARS = _TEXTS | st.integers() | st.sampled_from([4111111111111111, -4111111111111111])
+_SCALARS |= st.floats(allow_nan=False) | st.booleans() | st.none()
+_DATA = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(_KEYS, inner, max_size=4)
+        | st.lists(st.tuples(_KEYS, inner).map(list), min_size=1, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_DATA)
+def test_data_is_scrubbed_as_the_copying_walk_scrubs_it(value):
+    """`scrub_data` reads first and copies only what has something to filter: what it
+    returns is what the copying walk makes, and `value` itself when that equals it."""
+    from app.domain.scrubbing import _scrub_data
+
+    copied = _scrub_data(value, DEFAULT, 0)
+    scrubbed = scrub_data(value, DEFAULT)
+    assert scrubbed == copied
+    if copied == value:
+        assert scrubbed is value
+
+
+def test_values_an_sdk_filtered_already_are_not_copied():
+    value = {"session": FILTERED, "password": FILTERED, "headers": [["Cookie", FILTERED]]}
+    assert scrub_data(value, DEFAULT) is value
+    frame = Frame(function="f", vars=value, pre_context=["x = 1"])
+    assert (
+        scrub_event(EventIn(exceptions=[ExceptionIn(frames=[frame])]), DEFAULT)
+        .exceptions[0]
+        .frames[0]
+        is frame
+    )
 
 
 def full_event() -> EventIn:
