@@ -295,6 +295,14 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.answer: asyncio.Future[tuple[int, bytes]] | None = None
         self.lost: Exception | None = None
+        # Whether an answer came on it (so a reset may mean it was closed while idle), and
+        # whether the last answer lets it be used again (gunicorn's sync workers say no).
+        self.used = False
+        self.keep_alive = True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -307,6 +315,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self.answer is not None
+        self.used = True
+        self.keep_alive = self.parser.should_keep_alive()
         self.answer.set_result((self.parser.get_status_code(), b"".join(self.body)))
         self.body = []
 
@@ -347,11 +357,22 @@ async def _send_raw(
 
     async def worker(connection: _Connection) -> None:
         for request, raw in raws:
-            if connection.lost is not None:
-                connection = await connect()
             began = time.perf_counter()
             try:
-                status, body = await connection.send(raw)
+                if connection.lost is not None or not connection.keep_alive:
+                    connection.close()
+                    connection = await connect()
+                    began = time.perf_counter()
+                try:
+                    status, body = await connection.send(raw)
+                except OSError:
+                    if not connection.used:
+                        raise
+                    # A kept-alive connection the server had closed meanwhile: the request
+                    # was not read, so it is sent again on a new one, as clients do.
+                    connection.close()
+                    connection = await connect()
+                    status, body = await connection.send(raw)
             except (OSError, httptools.HttpParserError) as exc:
                 sent.statuses[type(exc).__name__] += 1
                 connection.lost = connection.lost or exc
@@ -359,8 +380,7 @@ async def _send_raw(
             sent.latencies.append(time.perf_counter() - began)
             sent.statuses[str(status)] += 1
             sent.accepted += accepted_events(request, status, body)
-        if connection.transport is not None:
-            connection.transport.close()
+        connection.close()
 
     await asyncio.sleep(max(0.0, start_at - time.time()))
     sent.first = time.time()

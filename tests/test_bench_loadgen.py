@@ -61,3 +61,47 @@ def test_a_refused_request_is_counted_by_its_status(server: servers.Server) -> N
     result = loadgen.run_load(server.base_url, built, concurrency=2, procs=1, client="raw")
     assert result.accepted == 0
     assert result.statuses == {"401": 6}
+
+
+def test_a_server_that_closes_each_connection_gets_every_request() -> None:
+    """gunicorn's sync workers (Bugsink's) answer `Connection: close`: the raw client
+    opens a new connection for the next request instead of losing it."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    answered = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                answered.append(len(body))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    target = loadgen.Target(f"http://127.0.0.1:{port}", 1, "0" * 32, "sentry")
+    built = loadgen.build_requests(target, count=12, signatures=2)
+    try:
+        result = loadgen.run_load(target.base_url, built, concurrency=3, procs=1, client="raw")
+    finally:
+        listener.close()
+    assert result.statuses == {"200": 12}
+    assert result.accepted == 12
+    assert sorted(answered) == sorted(len(request.body) for request in built)
