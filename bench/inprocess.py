@@ -4,12 +4,15 @@ no HTTP server and no load generator on the cores.
 
     .venv/bin/python bench/inprocess.py --count 4000
     .venv/bin/python bench/inprocess.py --count 4000 --without scrubbing
+    .venv/bin/python bench/inprocess.py --count 4000 --until models
 
 Prints requests/s, the process's CPU per request and the event loop thread's. With
 `--without PIECE` that piece is switched off (its function replaced by one that returns
-its input), to see what it costs where it runs: small benchmarks looping over many
-events misjudge memory-bound work, and profilers misjudge many small calls. Runs of the
-same code differ by ±5 % on a shared machine: compare several.
+its input), to see what it costs where it runs; with `--until STAGE` the envelope
+endpoint stops after that stage (`STAGES`), to see what the stages up to it cost. Small
+benchmarks looping over many events misjudge memory-bound work, and profilers misjudge
+many small calls. Runs of the same code differ by ±5 % on a shared machine: compare
+several.
 """
 
 from __future__ import annotations
@@ -44,6 +47,61 @@ def _switch_off(piece: str) -> None:
 
 
 PIECES = ("scrubbing", "free-form-checks")
+# How far the envelope endpoint goes with `--until`: each stage includes those before it.
+STAGES = ("answer", "envelope", "json", "models", "prepare", "commit")
+
+
+def _stop_at(stage: str) -> None:
+    """Cut the Sentry envelope endpoint short after `stage`: what is cut off is replaced
+    by a stand-in that costs nothing (one event read once and handed out again, results
+    made up without the writer), so the CPU per request up to each stage can be read."""
+    from starlette.routing import request_response
+
+    import rest_compat.sentry as sentry
+    from app.services import ingest
+
+    if stage == "commit":
+        return
+    real_prepare = ingest.prepare_events
+
+    async def without_writer(
+        *, writer: Any, project: Any, events: Any, key_id: int | None = None
+    ) -> list[Any]:
+        if stage == "prepare":
+            await real_prepare(writer=writer, project=project, events=events, key_id=key_id)
+        return [
+            ingest.IngestResult(
+                event_id=event.event_id, status="created", id=0, group_id=0, project_id=0
+            )
+            for event in events
+        ]
+
+    sentry.ingest_events = without_writer  # type: ignore[assignment]
+    if stage in ("prepare", "models"):
+        return
+    read_once: dict[str, Any] = {}
+    real_event = sentry.event_from_sentry
+
+    def event_read_once(payload: Any, *, ip: Any, event_id: Any = None) -> Any:
+        if "event" not in read_once:
+            read_once["event"] = real_event(payload, ip=ip, event_id=event_id)
+        return read_once["event"]
+
+    sentry.event_from_sentry = event_read_once  # type: ignore[assignment]
+    if stage == "json":
+        return
+    sentry._json_object = lambda data, *, what: {}  # type: ignore[assignment]
+    if stage == "answer":
+
+        async def answer(request: Any) -> Any:
+            await request.body()
+            return sentry.JSONOut({})
+
+        global _ANSWER_ONLY
+        _ANSWER_ONLY = request_response(answer)
+
+
+_ANSWER_ONLY: Any = None
 
 
 async def _send(asgi: Any, request: loadgen.Request) -> int:
@@ -93,6 +151,10 @@ async def measure(count: int, concurrency: int, warm_up: int = 200) -> None:
             _env_file=None,  # type: ignore[call-arg]
         )
         app = create_app(settings)
+        if _ANSWER_ONLY is not None:
+            for route in app.router.routes:
+                if getattr(route, "path", "").endswith("/envelope/"):
+                    route.app = _ANSWER_ONLY  # type: ignore[attr-defined]
         async with LifespanManager(app) as manager:
             runtime = app.state.runtime
             created = await create_project(sessions=runtime.database.sessions, name="bench")
@@ -124,7 +186,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--without", choices=PIECES, action="append", default=[])
+    parser.add_argument(
+        "--until", choices=STAGES, default="commit", help="cut the endpoint short after this"
+    )
     args = parser.parse_args()
+    _stop_at(args.until)
     for piece in args.without:
         _switch_off(piece)
     asyncio.run(measure(args.count, args.concurrency))
