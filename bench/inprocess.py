@@ -51,17 +51,18 @@ PIECES = ("scrubbing", "free-form-checks")
 STAGES = ("answer", "envelope", "json", "models", "prepare", "commit")
 
 
-def _stop_at(stage: str) -> None:
+def _stop_at(stage: str) -> Any:
     """Cut the Sentry envelope endpoint short after `stage`: what is cut off is replaced
     by a stand-in that costs nothing (one event read once and handed out again, results
-    made up without the writer), so the CPU per request up to each stage can be read."""
+    made up without the writer), so the CPU per request up to each stage can be read.
+    For `answer`, the ASGI app to put in the envelope route's place; else None."""
     from starlette.routing import request_response
 
     import rest_compat.sentry as sentry
     from app.services import ingest
 
     if stage == "commit":
-        return
+        return None
     real_prepare = ingest.prepare_events
 
     async def without_writer(
@@ -78,7 +79,7 @@ def _stop_at(stage: str) -> None:
 
     sentry.ingest_events = without_writer  # type: ignore[assignment]
     if stage in ("prepare", "models"):
-        return
+        return None
     read_once: dict[str, Any] = {}
     real_event = sentry.event_from_sentry
 
@@ -89,19 +90,16 @@ def _stop_at(stage: str) -> None:
 
     sentry.event_from_sentry = event_read_once  # type: ignore[assignment]
     if stage == "json":
-        return
+        return None
     sentry._json_object = lambda data, *, what: {}  # type: ignore[assignment]
-    if stage == "answer":
+    if stage != "answer":
+        return None
 
-        async def answer(request: Any) -> Any:
-            await request.body()
-            return sentry.JSONOut({})
+    async def answer(request: Any) -> Any:
+        await request.body()
+        return sentry.JSONOut({})
 
-        global _ANSWER_ONLY
-        _ANSWER_ONLY = request_response(answer)
-
-
-_ANSWER_ONLY: Any = None
+    return request_response(answer)
 
 
 async def _send(asgi: Any, request: loadgen.Request) -> int:
@@ -141,7 +139,9 @@ async def _send(asgi: Any, request: loadgen.Request) -> int:
     return statuses[0]
 
 
-async def measure(count: int, concurrency: int, warm_up: int = 200) -> None:
+async def measure(
+    count: int, concurrency: int, warm_up: int = 200, envelope_app: Any = None
+) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         settings = Settings(
             database_url=f"sqlite+aiosqlite:///{workdir}/bench.db",
@@ -151,10 +151,10 @@ async def measure(count: int, concurrency: int, warm_up: int = 200) -> None:
             _env_file=None,  # type: ignore[call-arg]
         )
         app = create_app(settings)
-        if _ANSWER_ONLY is not None:
+        if envelope_app is not None:
             for route in app.router.routes:
                 if getattr(route, "path", "").endswith("/envelope/"):
-                    route.app = _ANSWER_ONLY  # type: ignore[attr-defined]
+                    route.app = envelope_app  # type: ignore[attr-defined]
         async with LifespanManager(app) as manager:
             runtime = app.state.runtime
             created = await create_project(sessions=runtime.database.sessions, name="bench")
@@ -190,10 +190,10 @@ def main() -> None:
         "--until", choices=STAGES, default="commit", help="cut the endpoint short after this"
     )
     args = parser.parse_args()
-    _stop_at(args.until)
+    envelope_app = _stop_at(args.until)
     for piece in args.without:
         _switch_off(piece)
-    asyncio.run(measure(args.count, args.concurrency))
+    asyncio.run(measure(args.count, args.concurrency, envelope_app=envelope_app))
 
 
 if __name__ == "__main__":

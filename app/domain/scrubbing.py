@@ -146,7 +146,8 @@ class ScrubRules:
 
     def is_secret_key(self, key: str, value: Any = "") -> bool:
         """Whether `key` names a secret, for a `value` of this kind (see the parts)."""
-        kind = _key_kind(key, self.extra_keys)
+        verdicts = _verdicts(self.extra_keys)
+        kind = verdicts.kinds.get(key) or verdicts.kind(key)
         return kind is _SECRET or (
             kind is _SCALAR_SECRET and not isinstance(value, dict | list | tuple)
         )
@@ -155,10 +156,10 @@ class ScrubRules:
 _SECRET, _SCALAR_SECRET, _PLAIN = "secret", "scalar", "plain"
 
 
-# Events of one application repeat the same few hundred key names (headers, frame
-# variables, installed modules): the verdict per name is worth remembering, since working
-# it out (lower-casing, a regex, some twenty substring tests) was a tenth of ingest's time.
-@lru_cache(maxsize=16384)
+# Remembered per key name in `_Verdicts.kinds`: events of one application repeat the same
+# few hundred key names (headers, frame variables, installed modules), and working a
+# verdict out (lower-casing, a regex, some twenty substring tests) was a tenth of ingest's
+# time.
 def _key_kind(key: str, extra_keys: tuple[str, ...]) -> str:
     compact = _compact(key)
     if not compact:
@@ -455,8 +456,9 @@ def _scrub_scalar(value: Any, rules: ScrubRules, depth: int) -> Any:
 
 class _Verdicts:
     """The key verdicts and short texts' scrubbed forms already worked out for one set of
-    key parts, in plain dicts: the walk's hot loop looks them up with `dict.get`, where
-    the `lru_cache` behind them costs a call and a key tuple per value (half the walk)."""
+    key parts, in plain dicts: the walk's hot loop looks them up with `dict.get`, where an
+    `lru_cache` cost a call and a key tuple per value (half the walk). The one place both
+    are remembered, for the walks and for `ScrubRules.is_secret_key` alike."""
 
     LIMIT = 16384
 
