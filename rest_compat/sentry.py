@@ -985,53 +985,70 @@ async def _grant_from_headers(
     return key, await grant_for(runtime, project_id=request.path_params["project_id"], key=key)
 
 
+@dataclass
+class _EnvelopeRead:
+    grant: KeyGrant
+    events: list[EventIn]
+    discarded: list[DiscardedEvents]
+    received: datetime
+
+
+async def _read_envelope(request: Request, runtime: Runtime) -> _EnvelopeRead:
+    """Authenticate and read an envelope request into canonical events.
+
+    Apart from `envelope` so that the body, the parsed JSON and the envelope die when it
+    returns, before the request waits for the writer: 32 requests waiting with theirs
+    kept the event loop's working set out of the processor's caches, and reading the
+    next request cost a twentieth more."""
+    project_id: int = request.path_params["project_id"]
+    key, grant = await _grant_from_headers(request, runtime)
+    parser = EnvelopeParser()
+    async for piece in iter_decoded_body(
+        request, limit=MAX_BODY_BYTES, decoded_limit=MAX_ENVELOPE_BYTES
+    ):
+        parser.feed(piece)
+    parsed = parser.finish()
+    dsn_key = _dsn_key(parsed.headers.get("dsn"))
+    if key is not None and dsn_key is not None and dsn_key != key:
+        raise InvalidKey("the key in the envelope header's dsn differs from the request's")
+    if grant is None:
+        if dsn_key is None:
+            raise InvalidKey(f"no key: {KEY_HELP}")
+        grant = await grant_for(runtime, project_id=project_id, key=dsn_key)
+    header_id = parsed.headers.get("event_id")
+    event_id = normalise_event_id(header_id, where="event_id") if header_id is not None else None
+    read = _EnvelopeRead(grant=grant, events=[], discarded=[], received=datetime.now(UTC))
+    if sum(item.type == "event" for item in parsed.items) > 1:
+        raise InvalidInput("an envelope may carry at most one event item", field="items")
+    for item in parsed.items:
+        if item.type == "event":
+            payload = _json_object(item.payload, what="event")
+            event = event_from_sentry(payload, ip=client_ip(request), event_id=event_id)
+            if event is not None:
+                read.events.append(event)
+        elif item.type == "client_report":
+            read.discarded.extend(discarded_from_report(item.payload, received=read.received))
+    return read
+
+
 async def envelope(request: Request) -> Response:
     runtime = runtime_of(request)
-    project_id: int = request.path_params["project_id"]
     try:
         await limit_client(request, dialect=DIALECT)
-        key, grant = await _grant_from_headers(request, runtime)
-        parser = EnvelopeParser()
-        async for piece in iter_decoded_body(
-            request, limit=MAX_BODY_BYTES, decoded_limit=MAX_ENVELOPE_BYTES
-        ):
-            parser.feed(piece)
-        parsed = parser.finish()
-        dsn_key = _dsn_key(parsed.headers.get("dsn"))
-        if key is not None and dsn_key is not None and dsn_key != key:
-            raise InvalidKey("the key in the envelope header's dsn differs from the request's")
-        if grant is None:
-            if dsn_key is None:
-                raise InvalidKey(f"no key: {KEY_HELP}")
-            grant = await grant_for(runtime, project_id=project_id, key=dsn_key)
-        header_id = parsed.headers.get("event_id")
-        event_id = (
-            normalise_event_id(header_id, where="event_id") if header_id is not None else None
-        )
-        received = datetime.now(UTC)
-        events: list[EventIn] = []
-        discarded: list[DiscardedEvents] = []
-        event_items = [item for item in parsed.items if item.type == "event"]
-        if len(event_items) > 1:
-            raise InvalidInput("an envelope may carry at most one event item", field="items")
-        for item in parsed.items:
-            if item.type == "event":
-                payload = _json_object(item.payload, what="event")
-                event = event_from_sentry(payload, ip=client_ip(request), event_id=event_id)
-                if event is not None:
-                    events.append(event)
-            elif item.type == "client_report":
-                discarded.extend(discarded_from_report(item.payload, received=received))
+        read = await _read_envelope(request, runtime)
         results = await ingest_events(
-            writer=runtime.writer, project=grant.project, events=events, key_id=grant.key_id
+            writer=runtime.writer,
+            project=read.grant.project,
+            events=read.events,
+            key_id=read.grant.key_id,
         )
-        if discarded:
-            assert grant.project.id is not None
+        if read.discarded:
+            assert read.grant.project.id is not None
             await record_client_reports(
                 sessions=runtime.database.sessions,
-                project_id=grant.project.id,
-                entries=discarded,
-                received_at=received,
+                project_id=read.grant.project.id,
+                entries=read.discarded,
+                received_at=read.received,
             )
     except ErrorgraphError as exc:
         return _refusal(exc)
@@ -1070,13 +1087,22 @@ def _store_event_bytes(data: bytes) -> bytes:
     return text
 
 
+def _read_store_event(data: bytes, *, ip: str | None) -> EventIn | str:
+    """The event of a store body, or the id to answer for a transaction (not kept).
+    Apart so that the parsed JSON dies before the request waits (see `_read_envelope`)."""
+    payload = _json_object(_store_event_bytes(data), what="event")
+    event = event_from_sentry(payload, ip=ip)
+    if event is not None:
+        return event
+    raw_id = payload.get("event_id")
+    return normalise_event_id(raw_id, where="event_id") if raw_id else uuid.uuid4().hex
+
+
 async def _store_event(request: Request, runtime: Runtime, grant: KeyGrant, data: bytes) -> str:
     """Ingest the event of a store request; its id (also for a skipped transaction)."""
-    payload = _json_object(_store_event_bytes(data), what="event")
-    event = event_from_sentry(payload, ip=client_ip(request))
-    if event is None:
-        raw_id = payload.get("event_id")
-        return normalise_event_id(raw_id, where="event_id") if raw_id else uuid.uuid4().hex
+    event = _read_store_event(data, ip=client_ip(request))
+    if isinstance(event, str):
+        return event
     [result] = await ingest_events(
         writer=runtime.writer, project=grant.project, events=[event], key_id=grant.key_id
     )
