@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -140,10 +140,24 @@ PROCESS_METRICS: tuple[Collector, ...] = (
 )
 
 
+# A metric's child for a set of label values, kept once found: `.labels()` costs a few
+# microseconds (keyword handling, a lock) on every request otherwise, and label values here
+# are bounded (see the module's docstring), so the cache is too.
+_children: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Counter | Histogram, *values: str) -> Any:
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
+
+
 def count_accepted(dialects: Iterable[str]) -> None:
     """One accepted event per item of `dialects` (an event's `dialect`)."""
     for dialect, count in Tally(dialects).items():
-        EVENTS_ACCEPTED.labels(dialect=dialect).inc(count)
+        _child(EVENTS_ACCEPTED, dialect).inc(count)
 
 
 def observe_batch(*, events: int, seconds: float) -> None:
@@ -224,11 +238,11 @@ def observe_request(
     """Count one answered request; `submission_dialect` when it went to an ingest endpoint."""
     method = method if method in _METHODS else "OTHER"
     route = route or "unmatched"
-    HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-    HTTP_REQUEST_SECONDS.labels(method=method, route=route).observe(seconds)
+    _child(HTTP_REQUESTS, method, route, str(status)).inc()
+    _child(HTTP_REQUEST_SECONDS, method, route).observe(seconds)
     if submission_dialect is not None and status >= 400:
         reason = refusal_reason(status, outcome)
-        EVENTS_REJECTED.labels(dialect=submission_dialect, reason=reason).inc()
+        _child(EVENTS_REJECTED, submission_dialect, reason).inc()
 
 
 # --- What a runtime holds, read at scrape time ----------------------------------------
