@@ -42,6 +42,15 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+# Texts of recent instants: a batch binds the same ones many times (its time of receipt in
+# every event row, an event's timestamp in its row, its search row, its user's and its
+# account's), and a lookup costs a twentieth of writing the text anew. Equal datetimes are
+# the same instant, whose UTC text is one; the few naive ones are UTC (below) and never
+# equal an aware one, so they keep their own entries.
+_UTC_TEXTS: dict[datetime, str] = {}
+_UTC_TEXTS_SIZE = 4096
+
+
 def sqlite_utc_text(value: datetime | None) -> str | None:
     """What a UTCDateTime column binds on SQLite, SQLAlchemy's DATETIME text of the UTC
     time (`2026-12-04 17:05:09.000123`), written by `isoformat` in C: the batch writer
@@ -49,6 +58,15 @@ def sqlite_utc_text(value: datetime | None) -> str | None:
     `%`-format of seven fields) were a tenth of its time."""
     if value is None:
         return None
+    text = _UTC_TEXTS.get(value)
+    if text is None:
+        if len(_UTC_TEXTS) >= _UTC_TEXTS_SIZE:
+            _UTC_TEXTS.clear()
+        text = _UTC_TEXTS[value] = _utc_text(value)
+    return text
+
+
+def _utc_text(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     utc = value.astimezone(UTC).replace(tzinfo=None)

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NotRequired, TypedDict
@@ -58,6 +58,36 @@ class GroupUpdatedMessage(TypedDict):
     kind: str  # NEW_EVENT | STATUS | REGRESSION | DELETED | MERGED
     # NEW_EVENT and REGRESSION: the group's first event stored by the batch.
     event_id: NotRequired[int]
+
+
+# The largest pack of messages `publish_many` sends as one (bytes of JSON): PostgreSQL's
+# NOTIFY refuses payloads of 8000 bytes and more.
+PACK_BYTES = 7000
+
+
+def _packs(messages: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, str, int]]:
+    """(channel, payload, messages in it): each run of one channel's messages as JSON
+    lists of at most PACK_BYTES, a message alone as itself."""
+    channel: str | None = None
+    parts: list[bytes] = []
+    size = 0
+
+    def pack() -> tuple[str, str, int]:
+        assert channel is not None
+        if len(parts) == 1:
+            return channel, parts[0].decode(), 1
+        return channel, "[" + b",".join(parts).decode() + "]", len(parts)
+
+    for name, message in messages:
+        part = orjson.dumps(message)
+        if parts and (name != channel or size + len(part) + 1 > PACK_BYTES - 2):
+            yield pack()
+            parts, size = [], 0
+        channel = name
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        yield pack()
 
 
 class BrokerUnavailable(Exception):
@@ -147,6 +177,10 @@ class PubSub:
         self._connected = asyncio.Event()
         self._last_heartbeat = 0.0
         self._sequence = 0
+        # One publish at a time: broadcaster's PostgreSQL backend sends NOTIFY on the one
+        # connection it listens on, and asyncpg refuses a second operation in progress
+        # (the heartbeat's, a mutation's and the writer's publishes overlap otherwise).
+        self._publishing = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
@@ -172,16 +206,35 @@ class PubSub:
             self._supervisor = None
 
     async def publish(self, channel: str, message: Any) -> None:
-        broadcast = self._broadcast
-        if broadcast is None or not self.connected:
-            self.stats.publish_failures += 1
-            raise BrokerUnavailable("the pub/sub broker is not connected")
-        try:
-            await broadcast.publish(channel=channel, message=orjson.dumps(message).decode())
-        except Exception as exc:
-            self.stats.publish_failures += 1
-            raise BrokerUnavailable(f"publishing failed: {exc}") from exc
-        self.stats.published += 1
+        await self.publish_many([(channel, message)])
+
+    async def publish_many(self, messages: Sequence[tuple[str, Any]]) -> None:
+        """Publish `messages` (channel, message) in their order, packed: consecutive
+        messages of one channel travel as one JSON list, read back one by one (`_dispatch`).
+        Raises BrokerUnavailable when any could not be published (the others were).
+
+        A batch of events makes a few messages per event; sent one command each, the Redis
+        client's round trips cost the server more than the rest of storing the event (a
+        batch of 100 events: 0.56 instead of 0.33 ms of CPU per event). A pack stays under
+        `PACK_BYTES`, within PostgreSQL's 8000-byte NOTIFY payloads.
+        """
+        failed: list[str] = []
+        for channel, payload, count in _packs(messages):
+            broadcast = self._broadcast
+            if broadcast is None or not self.connected:
+                self.stats.publish_failures += count
+                failed.append("the pub/sub broker is not connected")
+                continue
+            try:
+                async with self._publishing:
+                    await broadcast.publish(channel=channel, message=payload)
+            except Exception as exc:
+                self.stats.publish_failures += count
+                failed.append(f"publishing failed: {exc}")
+                continue
+            self.stats.published += count
+        if failed:
+            raise BrokerUnavailable(failed[0])
 
     @asynccontextmanager
     async def subscribe(self, channels: Iterable[str] | str) -> AsyncIterator[Subscription]:
@@ -204,15 +257,20 @@ class PubSub:
             self._last_heartbeat = asyncio.get_running_loop().time()
             return
         try:
-            message = orjson.loads(raw)
+            parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             log.warning("ignoring a message that is not JSON on %s", channel)
             return
-        # Subscribers of this one delivery share reads of it (see the GraphQL layer).
-        self._sequence += 1
-        delivery = Delivery(channel, message, self._sequence)
-        for subscription in list(self._subscriptions):
-            if channel in subscription.channels:
+        subscriptions = [s for s in self._subscriptions if channel in s.channels]
+        # A list is a pack of messages (`publish_many`), delivered one by one.
+        for message in parsed if type(parsed) is list else (parsed,):
+            if type(message) is not dict:
+                log.warning("ignoring a message that is not an object on %s", channel)
+                continue
+            # Subscribers of this one delivery share reads of it (see the GraphQL layer).
+            self._sequence += 1
+            delivery = Delivery(channel, message, self._sequence)
+            for subscription in subscriptions:
                 subscription.put(delivery)
                 self.stats.delivered += 1
 
@@ -227,7 +285,8 @@ class PubSub:
         loop = asyncio.get_running_loop()
         self._last_heartbeat = loop.time()
         while True:
-            await broadcast.publish(channel=self._heartbeat_channel, message="{}")
+            async with self._publishing:
+                await broadcast.publish(channel=self._heartbeat_channel, message="{}")
             await asyncio.sleep(self._heartbeat_interval)
             if loop.time() - self._last_heartbeat > self._heartbeat_timeout:
                 raise BrokerUnavailable("no heartbeat came back from the pub/sub broker")
@@ -244,13 +303,16 @@ class PubSub:
                 tasks.append(asyncio.create_task(self._read(broadcast, channel, ready)))
                 await asyncio.wait_for(ready.wait(), 10)
             tasks.append(asyncio.create_task(self._heartbeat(broadcast)))
-            # broadcaster's own listener dies when the connection does (Redis).
+            # broadcaster's own listener dies when the connection does (Redis). Watched,
+            # never cancelled here: `Broadcast.disconnect` reads its result and would
+            # raise CancelledError instead of closing the connections.
+            watched = list(tasks)
             listener = getattr(broadcast, "_listener_task", None)
             if isinstance(listener, asyncio.Task):
-                tasks.append(listener)
+                watched.append(listener)
             self._connected.set()
             self.stats.connected = True
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     raise BrokerUnavailable(str(task.exception())) from task.exception()
@@ -290,5 +352,12 @@ class PubSub:
 
 
 async def _quietly_disconnect(broadcast: Broadcast) -> None:
-    with contextlib.suppress(BaseException):
+    try:
         await asyncio.wait_for(broadcast.disconnect(), 5)
+    except BaseException:
+        # `Broadcast.disconnect` first re-raises what ended its listener (a lost
+        # connection) and only then closes its backend's connections: close them still.
+        backend = getattr(broadcast, "_backend", None)
+        if backend is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(backend.disconnect(), 5)

@@ -236,8 +236,9 @@ def run_batch(args: argparse.Namespace) -> None:
 
 
 def run_processes(args: argparse.Namespace) -> None:
-    if not args.postgres or not args.redis:
-        raise SystemExit("--postgres and --redis are needed")
+    if not args.redis:
+        raise SystemExit("--redis is needed (several processes share pub/sub through it)")
+    database = "PostgreSQL" if args.postgres else "SQLite"
     sides: list[tuple[str, ServerFactory, loadgen.Shape, int, str]] = []
     for workers in args.workers:
         factory = errorgraph(workers=workers, database=args.postgres, redis=args.redis)
@@ -252,7 +253,9 @@ def run_processes(args: argparse.Namespace) -> None:
         )
     compare(
         args,
-        f"6. errorgraph on PostgreSQL + Redis, {args.shape} requests, 1/2/4 processes",
+        f"6. errorgraph on {database} + Redis, {args.shape} requests, "
+        + "/".join(map(str, args.workers))
+        + " processes",
         sides,
     )
 

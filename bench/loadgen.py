@@ -43,7 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -196,10 +196,11 @@ def build_requests(
             template,
             signature=rng.randrange(signatures),
             user=rng.randrange(USERS),
-            now=now,
+            # Each its own time, a millisecond apart, as events captured one after another.
+            now=now - timedelta(milliseconds=count - index),
             order=rng.randrange(1_000_000),
         )
-        for _ in range(count)
+        for index in range(count)
     ]
     if target.shape == "sentry":
         auth = (

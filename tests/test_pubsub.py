@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
-from app.pubsub import EVENT_CAPTURED, GROUP_CREATED, PubSub
+import orjson
+import pytest
+from support import RedisServer
+
+from app.pubsub import (
+    EVENT_CAPTURED,
+    GROUP_CREATED,
+    GROUP_UPDATED,
+    PACK_BYTES,
+    BrokerUnavailable,
+    PubSub,
+    _packs,
+)
 
 
 async def test_slow_subscriber_drops_oldest_and_others_get_everything():
@@ -48,5 +61,100 @@ async def test_unreachable_broker_does_not_stop_start_and_publish_fails_fast():
             assert "not connected" in str(exc)
         else:
             raise AssertionError("publish should fail while the broker is away")
+    finally:
+        await pubsub.disconnect()
+
+
+def test_packs_keep_the_order_and_stay_under_the_notify_limit():
+    big = {"group_id": 1, "project_id": 1, "kind": "NEW_EVENT", "note": "x" * 900}
+    messages = (
+        [(EVENT_CAPTURED, {"n": n}) for n in range(3)]
+        + [(GROUP_CREATED, {"n": 3})]
+        + [(EVENT_CAPTURED, {"n": n}) for n in range(4, 6)]
+        + [(GROUP_UPDATED, {**big, "n": n}) for n in range(6, 30)]
+    )
+    packs = list(_packs(messages))
+    assert [(channel, count) for channel, _, count in packs][:3] == [
+        (EVENT_CAPTURED, 3),
+        (GROUP_CREATED, 1),
+        (EVENT_CAPTURED, 2),
+    ]
+    # A message alone goes as itself, as `publish` always sent it.
+    assert orjson.loads(packs[1][1]) == {"n": 3}
+    assert all(len(payload.encode()) <= PACK_BYTES for _, payload, _ in packs)
+    assert len(packs) > 4  # the large messages needed several packs
+    unpacked = []
+    for channel, payload, count in packs:
+        parsed = orjson.loads(payload)
+        items = parsed if isinstance(parsed, list) else [parsed]
+        assert len(items) == count
+        unpacked += [(channel, item) for item in items]
+    assert unpacked == messages
+
+
+async def test_publish_many_delivers_every_message_in_order_in_memory():
+    await _check_publish_many("memory://")
+
+
+async def test_publish_many_delivers_every_message_in_order_through_redis(tmp_path: Path):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        await _check_publish_many(server.url)
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+async def test_publish_many_delivers_every_message_in_order_through_postgres(postgres_url: str):
+    await _check_publish_many(postgres_url.replace("postgresql://", "postgres://"))
+
+
+async def _check_publish_many(broker_url: str) -> None:
+    """A batch's messages, packed, come out one delivery each, each channel's in the
+    order published, to the subscribers of their channel only. (Across channels no
+    broker keeps the order: each channel is read by its own task.)"""
+    pubsub = PubSub(broker_url, queue_size=10_000)
+    await pubsub.connect()
+    try:
+        async with (
+            pubsub.subscribe([EVENT_CAPTURED, GROUP_UPDATED]) as both,
+            pubsub.subscribe(GROUP_UPDATED) as updates,
+        ):
+            messages = [(GROUP_CREATED, {"group_id": 0, "project_id": 1})] + [
+                (EVENT_CAPTURED if n % 50 < 40 else GROUP_UPDATED, {"n": n, "project_id": 1})
+                for n in range(600)
+            ]
+            await pubsub.publish_many(messages)
+            got: dict[str, list[int]] = {EVENT_CAPTURED: [], GROUP_UPDATED: []}
+            for _ in range(600):
+                delivery = await asyncio.wait_for(both.get_delivery(), 5)
+                got[delivery.channel].append(delivery.message["n"])
+            for channel, numbers_in_order in got.items():
+                assert numbers_in_order == [m["n"] for c, m in messages if c == channel]
+            numbers = set()
+            for n in [m["n"] for channel, m in messages if channel == GROUP_UPDATED]:
+                delivery = await asyncio.wait_for(updates.get_delivery(), 5)
+                assert delivery.message["n"] == n
+                numbers.add(delivery.number)
+            assert len(numbers) == 120  # each message its own delivery
+            assert pubsub.stats.published == 601
+            await asyncio.sleep(0.05)
+            assert not both.queue and not updates.queue
+    finally:
+        await pubsub.disconnect()
+
+
+async def test_publish_many_while_the_broker_is_away_counts_every_message():
+    pubsub = PubSub("redis://127.0.0.1:1", reconnect_delay=0.05)
+    await pubsub.connect(wait=0.3)
+    try:
+        with pytest.raises(BrokerUnavailable, match="not connected"):
+            await pubsub.publish_many(
+                [(GROUP_CREATED, {"group_id": n, "project_id": 1}) for n in range(5)]
+                + [(EVENT_CAPTURED, {"event_id": 1, "group_id": 1, "project_id": 1})]
+            )
+        assert pubsub.stats.publish_failures == 6
+        assert pubsub.stats.published == 0
     finally:
         await pubsub.disconnect()

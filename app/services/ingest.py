@@ -553,11 +553,10 @@ class BatchWriter:
                 return
             if self._pubsub is None:
                 continue
-            for channel, message in messages:
-                try:
-                    await self._pubsub.publish(channel, message)
-                except Exception:
-                    log.exception("publishing %s failed", channel)
+            try:
+                await self._pubsub.publish_many(messages)
+            except Exception:
+                log.exception("publishing %d messages failed", len(messages))
 
     async def _write(
         self, batch: list[_Pending]
