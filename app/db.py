@@ -15,7 +15,9 @@ trip through the event loop.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -62,6 +64,7 @@ class Database:
     write_sessions: async_sessionmaker[AsyncSession]
     sync_writer: Engine | None = None
     checkpointer: Checkpointer | None = None
+    writer_turns: WriterTurns | None = None
 
     def wrote(self) -> None:
         """Called by the batch writer after each commit on `sync_writer`."""
@@ -74,6 +77,8 @@ class Database:
         await self.engine.dispose()
         if self.sync_writer is not None:
             self.sync_writer.dispose()
+        if self.writer_turns is not None:
+            self.writer_turns.close()
 
 
 class Checkpointer:
@@ -128,6 +133,50 @@ class Checkpointer:
         except sqlite3.Error:
             # Busy or locked: the next poke tries again; the WAL only grows meanwhile.
             log.warning("WAL checkpoint failed", exc_info=True)
+
+
+class WriterTurns:
+    """Hands the write lock of a SQLite file from one process's batch writer to the next
+    as soon as it is free.
+
+    SQLite makes a writer that finds the file locked sleep and retry, up to 100 ms at a
+    time: with two processes on one file their writers took turns badly (two processes
+    gained a tenth over one, and p99 latency tripled). Each batch writer instead waits
+    for its turn on an advisory lock of a file beside the database (`<db>-writer.lock`),
+    which the kernel hands to the next waiter the moment it is released and releases
+    itself when a process dies; the writer then finds SQLite's lock free. Writes outside
+    the batch writer (mutations, settings) still go through SQLite's busy wait.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + "-writer.lock")
+        self._fd: int | None = None
+        # The kernel's lock is per open file: threads of one process sharing it would not
+        # exclude each other, so they take turns here first.
+        self._threads = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 def _install_sqlite_pragmas(engine: Engine) -> None:
@@ -194,6 +243,7 @@ def create_database(settings: Settings) -> Database:
     engine = create_async_engine(settings.database_url, **kwargs)
     sync_writer = None
     checkpointer = None
+    writer_turns = None
     if settings.is_sqlite:
         _install_sqlite_pragmas(engine.sync_engine)
         write_engine = engine.execution_options(sqlite_begin="IMMEDIATE")
@@ -211,6 +261,7 @@ def create_database(settings: Settings) -> Database:
             )
             _install_sqlite_pragmas(sync_writer)
             checkpointer = Checkpointer(settings.sqlite_path)
+            writer_turns = WriterTurns(settings.sqlite_path)
 
             @event.listens_for(sync_writer, "connect")
             def no_auto_checkpoint(dbapi_connection: Any, _record: Any) -> None:
@@ -224,6 +275,7 @@ def create_database(settings: Settings) -> Database:
         write_sessions=async_sessionmaker(write_engine, expire_on_commit=False),
         sync_writer=sync_writer,
         checkpointer=checkpointer,
+        writer_turns=writer_turns,
     )
 
 

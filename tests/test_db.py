@@ -4,6 +4,8 @@ real PostgreSQL server (ERRORGRAPH_TEST_POSTGRES_URL)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import re
 import sqlite3
 import time
@@ -176,6 +178,35 @@ async def test_the_batch_writer_takes_the_write_lock_up_front_on_its_own_engine(
     await ingest_events(writer=runtime.writer, project=project.project, events=[make_event(1)])
     assert statements[0] == "BEGIN IMMEDIATE"
     assert any(sql.startswith("INSERT INTO event ") for sql in statements)
+
+
+async def test_a_batch_writer_waits_for_its_turn_on_the_lock_beside_the_file(
+    runtime: Runtime, project: CreatedProject
+):
+    """Batch writers of processes sharing one SQLite file take turns on an advisory lock
+    of `<db>-writer.lock`: while another holder (a second open of the file, as another
+    process has) keeps it, the writer stores nothing and answers nobody; once it is
+    released, the batch is written."""
+    turns = runtime.database.writer_turns
+    path = runtime.settings.sqlite_path
+    assert turns is not None and path is not None
+    assert turns.path == path.with_name(path.name + "-writer.lock")
+    other = os.open(turns.path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        written = asyncio.create_task(
+            ingest_events(writer=runtime.writer, project=project.project, events=[make_event(1)])
+        )
+        await asyncio.sleep(0.3)
+        assert not written.done()
+        async with runtime.database.sessions() as session:
+            assert (await session.execute(select(Event))).first() is None
+        fcntl.flock(other, fcntl.LOCK_UN)
+        [result] = await asyncio.wait_for(written, 10)
+        assert result.status == "created"
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # given back after the commit
+    finally:
+        os.close(other)
 
 
 def _fill_with_autocheckpoint_off(path: Path, rows: int = 400) -> sqlite3.Connection:

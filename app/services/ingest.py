@@ -19,6 +19,7 @@ the stored event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from app import metrics
-from app.db import Database
+from app.db import Database, WriterTurns
 from app.domain.event import EventIn, EventType, ExceptionIn
 from app.domain.grouping import Grouping, grouping_for_event, title_and_culprit
 from app.domain.scrubbing import ScrubRules, scrub_event
@@ -567,7 +568,9 @@ class BatchWriter:
             # The whole transaction in one call to a thread: through the async driver each
             # statement was a round trip to SQLite's thread and back through the event
             # loop, where it queued behind the requests being read (a dozen per batch).
-            written = await asyncio.to_thread(_write_in_transaction, writer, batch, received)
+            written = await asyncio.to_thread(
+                _write_in_transaction, writer, batch, received, self._database.writer_turns
+            )
             self._database.wrote()
             return written
         async with self._database.write_sessions.begin() as session:
@@ -576,9 +579,9 @@ class BatchWriter:
 
 
 def _write_in_transaction(
-    engine: Engine, batch: list[_Pending], received: datetime
+    engine: Engine, batch: list[_Pending], received: datetime, turns: WriterTurns | None
 ) -> tuple[list[list[IngestResult]], list[tuple[str, dict[str, Any]]]]:
-    with engine.connect() as conn:
+    with turns or contextlib.nullcontext(), engine.connect() as conn:
         conn.execution_options(sqlite_begin="IMMEDIATE")  # see app.db
         with conn.begin():
             return _write_batch(conn, batch, received)
