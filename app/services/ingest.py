@@ -14,6 +14,12 @@ their status is decided.
 
 A repeated client `event_id` is stored once; the repeat is answered as a duplicate of
 the stored event.
+
+On PostgreSQL the writer keeps up to `transactions` batches in flight: a commit waits for
+the server's WAL flush, and one batch at a time left the process idle half of the time.
+Concurrent transactions, of this process or of others, take their row locks table by
+table in one order (users, accounts, groups, then links) and, within a table, in key
+order, so that none waits for another that waits for it.
 """
 
 from __future__ import annotations
@@ -441,8 +447,11 @@ class BatchWriter:
         max_wait: float = 0.0,
         clock: Clock = utcnow,
         quotas: Quotas | None = None,
+        transactions: int = 1,
     ) -> None:
         self._database = database
+        # SQLite has one writer: a second transaction would only wait for the lock.
+        self._transactions = 1 if database.engine.dialect.name == "sqlite" else transactions
         # Charged by `ingest_events`, which every dialect calls with this writer.
         self.quotas = quotas
         self._pubsub = pubsub
@@ -516,10 +525,30 @@ class BatchWriter:
 
     async def _run(self) -> None:
         stop = False
-        while not stop:
-            batch, stop = await self._next_batch()
-            if batch:
+        slots = asyncio.Semaphore(self._transactions)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def write(batch: list[_Pending]) -> None:
+            try:
                 await self._write_batch(batch)
+            finally:
+                slots.release()
+
+        while not stop:
+            # A slot first: batches wait in the queue, where later callers join them.
+            await slots.acquire()
+            batch, stop = await self._next_batch()
+            if not batch:
+                slots.release()
+                continue
+            if self._transactions == 1:
+                await write(batch)
+                continue
+            task = asyncio.create_task(write(batch))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -703,6 +732,9 @@ def _write_batch(
             }
         )
     new_ids: dict[tuple[int, str], int] = {}
+    # In the order received (ids follow it); only a client's repeated event id, sent to
+    # two transactions at once, can make them wait for each other here, and the repeat
+    # is then answered as a duplicate.
     for chunk in _chunks(event_rows):
         for row_id, project_id, event_id in _run(conn, _INSERT_EVENTS, chunk):
             new_ids[(project_id, event_id)] = row_id
@@ -822,7 +854,8 @@ def _upsert_people(
     attr_columns = _people_attributes(table)
     ids: dict[tuple[int, str], int] = {}
     _select_people(conn, table, list(seen), ids)
-    missing = [key for key in seen if key not in ids]
+    # Inserts, then updates, each in key order (see the module docstring).
+    missing = sorted(key for key in seen if key not in ids)
     for chunk in _chunks(missing):
         rows = [
             {
@@ -844,7 +877,7 @@ def _upsert_people(
     lost_race = [key for key in missing if key not in ids]
     if lost_race:
         _select_people(conn, table, lost_race, ids)
-    existing = [key for key in seen if key not in created]
+    existing = sorted((key for key in seen if key not in created), key=ids.__getitem__)
     if existing:
         _run(
             conn,
@@ -907,12 +940,13 @@ def _select_groups(
     for project_id, fingerprint in keys:
         by_project.setdefault(project_id, []).append(fingerprint)
     columns = [GROUPS.c[name] for name in GROUP_STATE_COLUMNS]
-    for project_id, fingerprints in by_project.items():
+    for project_id, fingerprints in sorted(by_project.items()):
         for chunk in _chunks(sorted(fingerprints)):
             query = (
                 sa.select(GROUPS.c.fingerprint, *columns)
                 .where(GROUPS.c.project_id == project_id, GROUPS.c.fingerprint.in_(chunk))
-                .order_by(GROUPS.c.id)
+                # Locked in key order (see the module docstring), as the chunks go.
+                .order_by(GROUPS.c.fingerprint)
                 .with_for_update()
             )
             for row in conn.execute(query):
@@ -929,7 +963,7 @@ def _upsert_groups(
     if not seen:
         return rows, set()
     _select_groups(conn, list(seen), rows)
-    missing = [key for key in seen if key not in rows]
+    missing = sorted(key for key in seen if key not in rows)
     created: set[tuple[int, str]] = set()
     # New groups start with zero counts: every group then takes the same update.
     for chunk in _chunks(missing):
@@ -977,7 +1011,7 @@ def _upsert_links(
     new_per_group: dict[int, int] = {}
     if not seen:
         return new_per_group
-    keys = list(seen)
+    keys = sorted(seen)
     created: set[tuple[int, int]] = set()
     for chunk in _chunks(keys):
         stmt = _insert_ignoring_conflicts(conn.dialect.name, table, "group_id", other)
