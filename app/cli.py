@@ -593,8 +593,8 @@ def serve(
             )
         if workers > 1 and settings.is_sqlite:
             typer.echo(
-                "errorgraph: warning: several workers share one SQLite file; "
-                "PostgreSQL is the database for scale-out.",
+                "errorgraph: note: the workers share one SQLite file and take turns "
+                "writing to it; PostgreSQL is the database for more than one host.",
                 err=True,
             )
         created = _with_database(settings, _demo_project if demo else _no_work)

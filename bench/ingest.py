@@ -39,6 +39,8 @@ import servers
 
 # A per-address rate limit would refuse a load generator on one address: off here.
 NO_CLIENT_LIMITS = {"ERRORGRAPH_CLIENT_RATE_LIMITS": '{"default": "", "error_tracker": ""}'}
+# What every errorgraph server of a run gets in its environment (`--server-env` adds).
+SERVER_ENV: dict[str, str] = dict(NO_CLIENT_LIMITS)
 
 COLUMNS = (
     "| run | server | events | accepted ev/s | p50 ms | p95 ms | p99 ms | answers "
@@ -133,7 +135,7 @@ def errorgraph(
                 database_url=url,
                 broadcast_url=redis or "memory://",
                 workers=workers,
-                extra_env=NO_CLIENT_LIMITS,
+                extra_env=SERVER_ENV,
             ) as server:
                 yield server
         finally:
@@ -281,7 +283,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--postgres", default=os.environ.get("ERRORGRAPH_TEST_POSTGRES_URL"))
     parser.add_argument("--redis")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="ERRORGRAPH_NAME=VALUE",
+        help="a setting for errorgraph's servers (repeatable)",
+    )
     args = parser.parse_args()
+    for assignment in args.server_env:
+        name, _, value = assignment.partition("=")
+        SERVER_ENV[name] = value
     defaults = {"hello": 20000, "bugsink": 20000, "batch": 100_000, "processes": 20000}
     args.count = args.count or defaults[args.run]
     {"hello": run_hello, "bugsink": run_bugsink, "batch": run_batch, "processes": run_processes}[
