@@ -15,11 +15,9 @@ their status is decided.
 A repeated client `event_id` is stored once; the repeat is answered as a duplicate of
 the stored event.
 
-On PostgreSQL the writer keeps up to `transactions` batches in flight: a commit waits for
-the server's WAL flush, and one batch at a time left the process idle half of the time.
-Concurrent transactions, of this process or of others, take their row locks table by
-table in one order (users, accounts, groups, then links) and, within a table, in key
-order, so that none waits for another that waits for it.
+On PostgreSQL the transactions of several processes run at once: each takes its row
+locks table by table in one order (users, accounts, groups, then links) and, within a
+table, in key order, so that none waits for another that waits for it.
 """
 
 from __future__ import annotations
@@ -447,11 +445,8 @@ class BatchWriter:
         max_wait: float = 0.0,
         clock: Clock = utcnow,
         quotas: Quotas | None = None,
-        transactions: int = 1,
     ) -> None:
         self._database = database
-        # SQLite has one writer: a second transaction would only wait for the lock.
-        self._transactions = 1 if database.engine.dialect.name == "sqlite" else transactions
         # Charged by `ingest_events`, which every dialect calls with this writer.
         self.quotas = quotas
         self._pubsub = pubsub
@@ -525,30 +520,10 @@ class BatchWriter:
 
     async def _run(self) -> None:
         stop = False
-        slots = asyncio.Semaphore(self._transactions)
-        in_flight: set[asyncio.Task[None]] = set()
-
-        async def write(batch: list[_Pending]) -> None:
-            try:
-                await self._write_batch(batch)
-            finally:
-                slots.release()
-
         while not stop:
-            # A slot first: batches wait in the queue, where later callers join them.
-            await slots.acquire()
             batch, stop = await self._next_batch()
-            if not batch:
-                slots.release()
-                continue
-            if self._transactions == 1:
-                await write(batch)
-                continue
-            task = asyncio.create_task(write(batch))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        if in_flight:
-            await asyncio.gather(*in_flight)
+            if batch:
+                await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
