@@ -578,7 +578,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve errorgraph with uvicorn."""
-    import uvicorn
+    from app import supervisor
 
     with _one_line_errors():
         if host is not None:
@@ -609,20 +609,27 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_cleanly)
     # Read by each server process's settings (workers are new processes).
     os.environ.setdefault("ERRORGRAPH_GC_FREEZE", "true")
-    uvicorn.run(
-        "app.main:app",
-        host=settings.host,
-        port=settings.port,
-        workers=workers if workers > 1 else None,
-        log_level=settings.log_level,
-        log_config=logging_config(level=settings.log_level, log_format=settings.log_format),
-        access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout,
-        proxy_headers=True,
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": workers if workers > 1 else None,
+        "log_level": settings.log_level,
+        "log_config": logging_config(level=settings.log_level, log_format=settings.log_format),
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
+        "proxy_headers": True,
         # GraphQL messages are small; compressing each one for each subscriber cost more
         # than sending it (a tenth of the fan-out to a thousand subscribers).
-        ws_per_message_deflate=False,
-    )
+        "ws_per_message_deflate": False,
+    }
+    if workers > 1:
+        # A supervisor without the app this process imported to set up (app.supervisor).
+        sys.stderr.flush()
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "app.supervisor", orjson.dumps(options).decode()],
+        )
+    supervisor.run(options)
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:

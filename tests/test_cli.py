@@ -115,6 +115,91 @@ def test_serve_refuses_memory_pubsub_with_workers(settings: Settings, tmp_path: 
     assert "ERRORGRAPH_BROADCAST_URL" in refused.stderr
 
 
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settings, tmp_path: Path):
+    """`serve --workers 2` on one SQLite file and Redis: the CLI process that set up (the
+    whole app imported) becomes a supervisor holding uvicorn alone; both workers serve;
+    SIGTERM stops them all, exit status 0."""
+    import time
+
+    from support import RedisServer, free_port
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    port = free_port()
+    key = json.loads(run(settings, "project", "create", "w", "--json", cwd=tmp_path).stdout)[
+        "ingest_key"
+    ]
+    process = subprocess.Popen(
+        [ERRORGRAPH, "serve", "--workers", "2"],
+        env=cli_env(settings, ERRORGRAPH_PORT=str(port), ERRORGRAPH_BROADCAST_URL=redis.url),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # both workers up: each answers health checks once it has started
+            workers = [
+                child
+                for child in _children(process.pid)
+                if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()
+            ]
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code
+            except httpx.HTTPError:
+                up = 0
+            if up == 200 and len(workers) == 2:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "did not start"
+            time.sleep(0.2)
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_text().split("\0")
+        assert cmdline[1:3] == ["-m", "app.supervisor"]
+        # uvicorn and the logging set-up alone (~40 MiB); the set-up's process held ~100.
+        assert _rss_mib(process.pid) < 60
+        assert all(_rss_mib(worker) > 80 for worker in workers)  # they hold the app
+        for n in range(20):
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/api/v1/errors",
+                json={
+                    "api_key": key,
+                    "event_id": f"w-{n}",
+                    "timestamp": "2026-12-05T09:00:00Z",
+                    "type": "message",
+                    "message": "m",
+                },
+            )
+            assert response.status_code == 202, response.text
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+        for worker in workers:
+            assert (
+                not Path(f"/proc/{worker}").exists()
+                or "zombie" in Path(f"/proc/{worker}/status").read_text()
+            )
+    finally:
+        if process.poll() is None:
+            for worker in workers:
+                subprocess.run(["kill", "-9", str(worker)], check=False)
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+        redis.stop()
+
+
 def test_default_database_lives_under_data(tmp_path: Path):
     env = {
         k: v
