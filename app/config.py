@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     # throughput on SQLite; the wait bounds the latency it costs.
     writer_max_batch: int = Field(default=500, ge=1, le=50_000)
     writer_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    # Batch transactions a process keeps in flight on PostgreSQL, where each commit waits
+    # for the server to flush its WAL (on SQLite always one: a file has one writer).
+    writer_transactions: int = Field(default=2, ge=1, le=16)
 
     # Alerts (see app/services/alerts.py). With ALERT_EMAILS and Postmark configured, as
     # in the Error Tracker document, every project gets new-issue mails without a rule.

@@ -201,6 +201,48 @@ async def test_postgres_concurrent_batches_take_locks_in_one_order(postgres_sett
             await rt.stop()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("transactions", [2, 1])
+async def test_postgres_writer_commits_a_batch_while_another_waits(
+    postgres_settings: Settings, transactions: int
+):
+    """With two transactions in flight (the default), a batch whose group another
+    connection holds locked waits, and the next batch, of another group, is written and
+    answered meanwhile; with one, the next batch waits behind it. Once the lock is
+    released the first batch is written too."""
+    settings = postgres_settings.model_copy(update={"writer_transactions": transactions})
+    runtime = await Runtime.start(settings)
+    try:
+        project = (await create_project(sessions=runtime.database.sessions, name="pg")).project
+        [held, _] = await ingest_events(
+            writer=runtime.writer, project=project, events=[make_event(1), make_event(2)]
+        )
+        async with runtime.database.engine.connect() as blocker:
+            await blocker.execute(
+                select(Group.id).where(Group.id == held.group_id).with_for_update()
+            )
+            waiting = asyncio.create_task(
+                ingest_events(writer=runtime.writer, project=project, events=[make_event(1)])
+            )
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            other = asyncio.create_task(
+                ingest_events(writer=runtime.writer, project=project, events=[make_event(2)])
+            )
+            await asyncio.wait({other}, timeout=5)
+            assert other.done() is (transactions == 2)
+            assert not waiting.done()
+            await blocker.rollback()
+        [first] = await asyncio.wait_for(waiting, 10)
+        [second] = await asyncio.wait_for(other, 10)
+        assert (first.status, second.status) == ("existing", "existing")
+        async with runtime.database.sessions() as session:
+            counts = (await session.scalars(select(Group.count))).all()
+        assert sorted(counts) == [2, 2]
+    finally:
+        await runtime.stop()
+
+
 async def test_the_batch_writer_takes_the_write_lock_up_front_on_its_own_engine(
     runtime: Runtime, project: CreatedProject
 ):

@@ -15,9 +15,14 @@ their status is decided.
 A repeated client `event_id` is stored once; the repeat is answered as a duplicate of
 the stored event.
 
-On PostgreSQL the transactions of several processes run at once: each takes its row
-locks table by table in one order (users, accounts, groups, then links) and, within a
-table, in key order, so that none waits for another that waits for it.
+On PostgreSQL the writer keeps up to `transactions` batches in flight, and the
+transactions of several processes run at once. Each writes its new rows and its events
+first and only then locks the rows other transactions update too (users', accounts' and
+groups' counters, the links), so that the next batch's events are written while the
+previous batch holds those locks through its commit (which waits for the server's WAL
+flush). The locks are taken table by table in one order (users, accounts, groups, then
+links) and, within a table, in key order, so that none waits for another that waits for
+it.
 """
 
 from __future__ import annotations
@@ -445,8 +450,11 @@ class BatchWriter:
         max_wait: float = 0.0,
         clock: Clock = utcnow,
         quotas: Quotas | None = None,
+        transactions: int = 1,
     ) -> None:
         self._database = database
+        # SQLite has one writer: a second transaction would only wait for the lock.
+        self._transactions = 1 if database.engine.dialect.name == "sqlite" else transactions
         # Charged by `ingest_events`, which every dialect calls with this writer.
         self.quotas = quotas
         self._pubsub = pubsub
@@ -520,10 +528,30 @@ class BatchWriter:
 
     async def _run(self) -> None:
         stop = False
-        while not stop:
-            batch, stop = await self._next_batch()
-            if batch:
+        slots = asyncio.Semaphore(self._transactions)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def write(batch: list[_Pending]) -> None:
+            try:
                 await self._write_batch(batch)
+            finally:
+                slots.release()
+
+        while not stop:
+            # A slot first: batches wait in the queue, where later callers join them.
+            await slots.acquire()
+            batch, stop = await self._next_batch()
+            if not batch:
+                slots.release()
+                continue
+            if self._transactions == 1:
+                await write(batch)
+                continue
+            task = asyncio.create_task(write(batch))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight)
 
     async def _write_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
@@ -639,10 +667,10 @@ def _write_batch(
             accounts.setdefault((project_id, event.account.id), _Seen()).add(
                 event.timestamp, {"name": event.account.name, "data": event.account.data or None}
             )
-    user_ids = _upsert_people(conn, USERS, users)
-    account_ids = _upsert_people(conn, ACCOUNTS, accounts)
+    user_ids, created_users = _insert_people(conn, USERS, users)
+    account_ids, created_accounts = _insert_people(conn, ACCOUNTS, accounts)
 
-    # 3. Groups: create the missing ones, lock all of them.
+    # 3. Groups: their ids, the missing ones created (not locked yet).
     groups: dict[tuple[int, str], _Seen] = {}
     first_event: dict[tuple[int, str], PreparedEvent] = {}
     for project_id, prepared in fresh:
@@ -722,6 +750,14 @@ def _write_batch(
                 for project_id, prepared in fresh
             ],
         )
+
+    # From here on rows that other transactions update too are locked, until the commit:
+    # the events above are written while another transaction (of another process) may
+    # still hold them. Users, accounts, then groups, each in key order.
+    _count_people(conn, USERS, users, user_ids, created_users)
+    _count_people(conn, ACCOUNTS, accounts, account_ids, created_accounts)
+    group_rows = {}
+    _select_groups(conn, list(groups), group_rows, lock=True)
 
     # 5. Which users and accounts each group affected.
     group_users: dict[tuple[int, int], _Seen] = {}
@@ -820,12 +856,14 @@ def _write_batch(
     return results, messages
 
 
-def _upsert_people(
+def _insert_people(
     conn: Connection, table: sa.Table, seen: dict[tuple[int, str], _Seen]
-) -> dict[tuple[int, str], int]:
-    """Users or accounts by (project, external id) → our id, counting this batch's events."""
+) -> tuple[dict[tuple[int, str], int], set[tuple[int, str]]]:
+    """Users or accounts by (project, external id) → our id, inserting the new ones with
+    this batch's counts; and which ones this transaction created. The others are counted
+    by `_count_people`, later (see the module docstring)."""
     if not seen:
-        return {}
+        return {}, set()
     attr_columns = _people_attributes(table)
     ids: dict[tuple[int, str], int] = {}
     _select_people(conn, table, list(seen), ids)
@@ -852,6 +890,18 @@ def _upsert_people(
     lost_race = [key for key in missing if key not in ids]
     if lost_race:
         _select_people(conn, table, lost_race, ids)
+    return ids, created
+
+
+def _count_people(
+    conn: Connection,
+    table: sa.Table,
+    seen: dict[tuple[int, str], _Seen],
+    ids: dict[tuple[int, str], int],
+    created: set[tuple[int, str]],
+) -> None:
+    """Add this batch's events to the users or accounts it did not create, in id order."""
+    attr_columns = _people_attributes(table)
     existing = sorted((key for key in seen if key not in created), key=ids.__getitem__)
     if existing:
         _run(
@@ -868,7 +918,6 @@ def _upsert_people(
                 for key in existing
             ],
         )
-    return ids
 
 
 def _select_people(
@@ -883,9 +932,11 @@ def _select_people(
     for project_id, external_ids in by_project.items():
         for chunk in _chunks(external_ids):
             rows = conn.execute(
-                sa.select(table.c.id, table.c.external_id).where(
-                    table.c.project_id == project_id, table.c.external_id.in_(chunk)
-                )
+                sa.select(table.c.id, table.c.external_id)
+                .where(table.c.project_id == project_id, table.c.external_id.in_(chunk))
+                # FOR KEY SHARE: no one deletes them before this batch's events that
+                # refer to them are in; writers updating them are not held up.
+                .with_for_update(read=True, key_share=True)
             )
             for row_id, external_id in rows:
                 into[(project_id, external_id)] = row_id
@@ -909,7 +960,11 @@ GROUP_STATE_COLUMNS = (
 
 
 def _select_groups(
-    conn: Connection, keys: list[tuple[int, str]], into: dict[tuple[int, str], dict[str, Any]]
+    conn: Connection,
+    keys: list[tuple[int, str]],
+    into: dict[tuple[int, str], dict[str, Any]],
+    *,
+    lock: bool = False,
 ) -> None:
     by_project: dict[int, list[str]] = {}
     for project_id, fingerprint in keys:
@@ -922,8 +977,13 @@ def _select_groups(
                 .where(GROUPS.c.project_id == project_id, GROUPS.c.fingerprint.in_(chunk))
                 # Locked in key order (see the module docstring), as the chunks go.
                 .order_by(GROUPS.c.fingerprint)
-                .with_for_update()
             )
+            # FOR NO KEY UPDATE when locking: what the update below takes anyway. FOR
+            # UPDATE would also wait for the key-share locks that inserting an event of
+            # the group takes (its foreign key), and this transaction's events are
+            # inserted while another may hold those. Else FOR KEY SHARE: the group is not
+            # deleted before this batch's events are in, and writers are not held up.
+            query = query.with_for_update(read=not lock, key_share=True)
             for row in conn.execute(query):
                 mapping = dict(row._mapping)
                 into[(project_id, mapping.pop("fingerprint"))] = mapping
@@ -934,6 +994,8 @@ def _upsert_groups(
     seen: dict[tuple[int, str], _Seen],
     first_event: dict[tuple[int, str], PreparedEvent],
 ) -> tuple[dict[tuple[int, str], dict[str, Any]], set[tuple[int, str]]]:
+    """The groups of `seen` by key (their ids; their state is read again under a lock
+    later), inserting the missing ones; and which ones this transaction created."""
     rows: dict[tuple[int, str], dict[str, Any]] = {}
     if not seen:
         return rows, set()

@@ -46,6 +46,7 @@ class Runtime:
             max_wait=settings.writer_max_wait_ms / 1000,
             clock=clock,
             quotas=quotas,
+            transactions=settings.writer_transactions,
         )
         await writer.start()
         alerts = None
