@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -126,12 +130,47 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _workers(supervisor: int) -> list[int]:
+    return [
+        child
+        for child in _children(supervisor)
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()
+    ]
+
+
+def _sockets(pid: int, port: int, state: str) -> list[str]:
+    """The inodes of `pid`'s TCP sockets on local `port` in `state` (from /proc: "01"
+    established, "0A" listening)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == state and fields[9] in inodes:
+            found.append(fields[9])
+    return found
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settings, tmp_path: Path):
     """`serve --workers 2` on one SQLite file and Redis: the CLI process that set up (the
-    whole app imported) becomes a supervisor holding uvicorn alone; both workers serve;
-    SIGTERM stops them all, exit status 0."""
-    import time
-
+    whole app imported) becomes a supervisor holding uvicorn alone; each worker listens on
+    a socket of its own, so that clients' connections are spread over both; a worker that
+    dies is replaced, SIGHUP replaces both while the address keeps answering, and SIGTERM
+    stops them all, exit status 0."""
     from support import RedisServer, free_port
 
     redis = RedisServer(tmp_path)
@@ -140,48 +179,81 @@ def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settin
     key = json.loads(run(settings, "project", "create", "w", "--json", cwd=tmp_path).stdout)[
         "ingest_key"
     ]
-    process = subprocess.Popen(
-        [ERRORGRAPH, "serve", "--workers", "2"],
-        env=cli_env(settings, ERRORGRAPH_PORT=str(port), ERRORGRAPH_BROADCAST_URL=redis.url),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [ERRORGRAPH, "serve", "--workers", "2"],
+            env=cli_env(settings, ERRORGRAPH_PORT=str(port), ERRORGRAPH_BROADCAST_URL=redis.url),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
     workers: list[int] = []
-    try:
+
+    def started(count: int) -> None:
         deadline = time.monotonic() + 60
-        while True:  # both workers up: each answers health checks once it has started
-            workers = [
-                child
-                for child in _children(process.pid)
-                if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()
-            ]
-            try:
-                up = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code
-            except httpx.HTTPError:
-                up = 0
-            if up == 200 and len(workers) == 2:
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "did not start"
+        while log.read_text().count("Application startup complete") < count or not _answers(port):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+
+    def submit(n: int) -> None:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/errors",
+            json={
+                "api_key": key,
+                "event_id": f"w-{n}",
+                "timestamp": "2026-12-05T09:00:00Z",
+                "type": "message",
+                "message": "m",
+            },
+        )
+        assert response.status_code == 202, response.text
+
+    try:
+        started(2)
+        workers = _workers(process.pid)
+        assert len(workers) == 2
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_text().split("\0")
         assert cmdline[1:3] == ["-m", "app.supervisor"]
         # uvicorn and the logging set-up alone (~40 MiB); the set-up's process held ~100.
         assert _rss_mib(process.pid) < 60
         assert all(_rss_mib(worker) > 80 for worker in workers)  # they hold the app
+
+        # Each listens on a socket of its own (uvicorn's supervisor shares one).
+        listening = [_sockets(worker, port, "0A") for worker in workers]
+        assert all(len(inodes) == 1 for inodes in listening), listening
+        assert listening[0] != listening[1]
+        # 32 keep-alive connections: the kernel spreads them over the workers' sockets
+        # (through one shared socket, one worker often took nearly all of them).
+        clients = [httpx.Client() for _ in range(32)]
+        try:
+            for client in clients:
+                assert client.get(f"http://127.0.0.1:{port}/health/live").status_code == 200
+            held = [len(_sockets(worker, port, "01")) for worker in workers]
+            assert sum(held) == 32 and min(held) >= 4, held
+        finally:
+            for client in clients:
+                client.close()
         for n in range(20):
-            response = httpx.post(
-                f"http://127.0.0.1:{port}/api/v1/errors",
-                json={
-                    "api_key": key,
-                    "event_id": f"w-{n}",
-                    "timestamp": "2026-12-05T09:00:00Z",
-                    "type": "message",
-                    "message": "m",
-                },
-            )
-            assert response.status_code == 202, response.text
+            submit(n)
+
+        os.kill(workers[0], signal.SIGKILL)  # a worker dies: another takes its place
+        started(3)
+        replaced = _workers(process.pid)
+        assert len(replaced) == 2 and workers[0] not in replaced and workers[1] in replaced
+        submit(20)
+
+        process.send_signal(signal.SIGHUP)  # both replaced, one at a time
+        started(5)
+        deadline = time.monotonic() + 30
+        while set(_workers(process.pid)) & set(replaced) or len(_workers(process.pid)) != 2:
+            assert time.monotonic() < deadline, _workers(process.pid)
+            time.sleep(0.2)
+        workers = [*replaced, *_workers(process.pid)]
+        submit(21)
+
         process.terminate()
         assert process.wait(timeout=30) == 0
         for worker in workers:
@@ -195,9 +267,32 @@ def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settin
                 subprocess.run(["kill", "-9", str(worker)], check=False)
             process.kill()
             process.wait()
-        if process.stderr:
-            process.stderr.close()
         redis.stop()
+
+
+def test_serve_with_workers_stops_when_the_address_is_taken(settings: Settings, tmp_path: Path):
+    """A port another program listens on: the supervisor says so and exits with uvicorn's
+    start-up failure status, instead of starting workers that would fail in turn."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        refused = run(
+            settings,
+            "serve",
+            "--workers",
+            "2",
+            cwd=tmp_path,
+            ERRORGRAPH_PORT=str(port),
+            # Never reached: no worker starts.
+            ERRORGRAPH_BROADCAST_URL="redis://127.0.0.1:1/0",
+        )
+    finally:
+        taken.close()
+    assert refused.returncode == 3, refused.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
+    assert "startup complete" not in refused.stderr
 
 
 def test_default_database_lives_under_data(tmp_path: Path):
