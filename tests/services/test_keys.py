@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
 from app.errors import Forbidden, InvalidKey
@@ -112,6 +115,40 @@ async def test_changes_made_here_take_effect_at_once(runtime: Runtime, project: 
     await revoke_project_key(sessions=sessions, key_id=project.api_key.key.id)
     with pytest.raises(InvalidKey, match="revoked"):
         await grant_for_project_key(sessions=sessions, secret=secret)
+
+
+async def test_an_expired_key_is_looked_up_once_for_the_requests_waiting(
+    runtime: Runtime, project: CreatedProject
+):
+    """Requests that find the key's entry expired at the same moment share one query,
+    and each gets the grant (or, for an unknown key, its own refusal)."""
+    sessions = runtime.database.sessions
+    queries: list[str] = []
+    engine = runtime.database.engine.sync_engine
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM project_key" in statement:
+            queries.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        grants = await asyncio.gather(
+            *(
+                grant_for_project_key(sessions=sessions, secret=project.ingest_key.secret)
+                for _ in range(20)
+            )
+        )
+        assert {grant.project.id for grant in grants} == {project.project.id}
+        assert len(queries) == 1
+        unknown = await asyncio.gather(
+            *(grant_for_project_key(sessions=sessions, secret="pk_" + "2" * 32) for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(answer, InvalidKey) for answer in unknown)
+        assert len(queries) == 2
+        assert key_cache_for(sessions).pending == {}
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
 
 
 async def test_unknown_keys_are_not_remembered(runtime: Runtime, project: CreatedProject):
