@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -38,6 +39,8 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 APP = "app.main:app"
+# How long a worker started by SIGHUP may take to serve before the restart is given up.
+STARTUP_SECONDS = 120
 
 log = logging.getLogger("app.supervisor")  # also when run as __main__
 
@@ -151,11 +154,18 @@ class Supervisor:
         log.info("SIGHUP: restarting the workers one at a time")
         for index, old in enumerate(self.workers):
             new = self._start()
+            deadline = time.monotonic() + STARTUP_SECONDS
             while not new.ready.wait(0.2):
-                if self.stopping.is_set() or not new.process.is_alive():
-                    new.process.join()
-                    if new.process.exitcode == STARTUP_FAILURE:
-                        log.error("a new worker failed to start; keeping the running ones")
+                if (
+                    self.stopping.is_set()
+                    or not new.process.is_alive()
+                    or time.monotonic() > deadline
+                ):
+                    if not self.stopping.is_set():
+                        log.error(
+                            "a new worker did not start (status %s); keeping the running ones",
+                            new.process.exitcode,
+                        )
                     self._stop([new])
                     return
             self._stop([old])
