@@ -756,8 +756,11 @@ def _write_batch(
     # still hold them. Users, accounts, then groups, each in key order.
     _count_people(conn, USERS, users, user_ids, created_users)
     _count_people(conn, ACCOUNTS, accounts, account_ids, created_accounts)
-    group_rows = {}
-    _select_groups(conn, list(groups), group_rows, lock=True)
+    if conn.dialect.name != "sqlite":
+        # Read again under the lock: another transaction may have changed them since.
+        # On SQLite this transaction has held the file's write lock from its start.
+        group_rows = {}
+        _select_groups(conn, list(groups), group_rows, lock=True)
 
     # 5. Which users and accounts each group affected.
     group_users: dict[tuple[int, int], _Seen] = {}
