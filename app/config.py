@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(default=None, repr=False)
     # On SIGTERM, how long requests in flight may take to be answered before they are cut.
     shutdown_timeout: float = Field(default=30.0, gt=0, le=3600)
+    # With `serve --workers N`: a worker whose event loop has not run for this many seconds
+    # is hung (work that never yields, a C call that never returns) and is replaced; 0
+    # never replaces one that still lives.
+    worker_timeout: float = Field(default=60.0, ge=0, le=3600)
     # How long events are kept when no retention policy was set.
     retention_days: int = Field(
         default=90, ge=1, le=3650, validation_alias=_alias("RETENTION_DAYS", "RETENTION_DAYS")

@@ -16,10 +16,20 @@ this one does what it does for this case: starts the workers, starts another whe
 dies, restarts them one at a time on SIGHUP, stops them on SIGINT or SIGTERM, and stops
 everything if a worker cannot start (the same failure would repeat). Where the platform
 lacks SO_REUSEPORT, uvicorn's supervisor runs.
+
+A worker that lives but no longer serves is replaced too. Each worker's event loop writes
+the time into memory it shares with the supervisor every second; when it has not for
+`WORKER_TIMEOUT` seconds (work that never yields, a C call that never returns, holding
+the interpreter lock), the supervisor sends it SIGABRT, on which `faulthandler` writes
+every thread's stack to the worker's stderr, so that the cause can be found, then SIGKILL
+if it still lives, and starts another. uvicorn's supervisor pings a thread of each worker
+instead, which answers while the event loop is stuck in Python code.
 """
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -28,6 +38,7 @@ import socket
 import sys
 import threading
 import time
+from ctypes import c_double
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -41,6 +52,10 @@ from uvicorn.config import STARTUP_FAILURE
 APP = "app.main:app"
 # How long a worker started by SIGHUP may take to serve before the restart is given up.
 STARTUP_SECONDS = 120
+# How often a worker's event loop shows it runs, and how long a worker sent SIGABRT for
+# not running has to write its stacks and exit before it is killed.
+BEAT_SECONDS = 1.0
+ABORT_SECONDS = 5.0
 
 log = logging.getLogger("app.supervisor")  # also when run as __main__
 
@@ -49,9 +64,12 @@ _spawn = multiprocessing.get_context("spawn")
 
 
 def run(options: dict[str, Any]) -> None:
-    """Serve with uvicorn's `run` options: one process, or N workers under `Supervisor`."""
+    """Serve with uvicorn's `run` options and `worker_timeout` (seconds; see the module
+    docstring): one process, or N workers under `Supervisor`."""
+    options = dict(options)
+    worker_timeout = float(options.pop("worker_timeout", 0) or 0)
     if (options.get("workers") or 1) > 1 and hasattr(socket, "SO_REUSEPORT"):
-        sys.exit(Supervisor(options).run())
+        sys.exit(Supervisor(options, worker_timeout=worker_timeout).run())
     uvicorn.run(APP, **options)
 
 
@@ -74,11 +92,16 @@ class Worker:
     process: SpawnProcess
     # Set by the worker once it listens and its app has started.
     ready: ProcessEvent
+    # The `time.monotonic()` (one clock for every process) its event loop last ran at.
+    heartbeat: c_double
+    # When it was sent SIGABRT for not running.
+    aborted_at: float | None = None
 
 
 class Supervisor:
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], *, worker_timeout: float = 0) -> None:
         self.count: int = options["workers"]
+        self.worker_timeout = worker_timeout
         self.options = {**options, "workers": None}
         # Applies the logging configuration to this process too.
         self.config = uvicorn.Config(APP, **self.options)
@@ -113,6 +136,7 @@ class Supervisor:
                 if self.reload:
                     self.reload = False
                     self._restart_all()
+                self._abort_hung()
                 self._replace_dead()
             self._stop_all()
         return self.status
@@ -125,11 +149,40 @@ class Supervisor:
 
     def _start(self) -> Worker:
         ready = _spawn.Event()
+        heartbeat = _spawn.RawValue(c_double, 0.0)
         process = _spawn.Process(
-            target=serve_worker, args=(self.options, self.port, ready), name="errorgraph-worker"
+            target=serve_worker,
+            args=(self.options, self.port, ready, heartbeat),
+            name="errorgraph-worker",
         )
         process.start()
-        return Worker(process=process, ready=ready)
+        return Worker(process=process, ready=ready, heartbeat=heartbeat)
+
+    def _abort_hung(self) -> None:
+        """SIGABRT to the started workers whose event loop has not run for
+        `worker_timeout` seconds, SIGKILL to those still alive `ABORT_SECONDS` after it;
+        `_replace_dead` then starts others."""
+        if not self.worker_timeout or self.stopping.is_set():
+            return
+        now = time.monotonic()
+        for worker in self.workers:
+            process = worker.process
+            if process.pid is None or not process.is_alive() or not worker.ready.is_set():
+                continue
+            if worker.aborted_at is None:
+                silent = now - worker.heartbeat.value
+                if silent > self.worker_timeout:
+                    log.error(
+                        "worker [%d] has not run its event loop for %.0f s: aborted, its "
+                        "threads' stacks follow; starting another",
+                        process.pid,
+                        silent,
+                    )
+                    os.kill(process.pid, signal.SIGABRT)
+                    worker.aborted_at = now
+            elif now - worker.aborted_at > ABORT_SECONDS:
+                log.error("worker [%d] did not exit on SIGABRT; killed", process.pid)
+                process.kill()
 
     def _replace_dead(self) -> None:
         for index, worker in enumerate(self.workers):
@@ -189,25 +242,38 @@ class Supervisor:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, ready: ProcessEvent) -> None:
+    def __init__(self, config: uvicorn.Config, ready: ProcessEvent, heartbeat: c_double) -> None:
         super().__init__(config)
         self._ready = ready
+        self._heartbeat = heartbeat
+        self._beating: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
+            self._heartbeat.value = time.monotonic()
+            self._beating = asyncio.create_task(self._beat(), name="errorgraph-heartbeat")
             self._ready.set()
 
+    async def _beat(self) -> None:
+        while True:
+            self._heartbeat.value = time.monotonic()
+            await asyncio.sleep(BEAT_SECONDS)
 
-def serve_worker(options: dict[str, Any], port: int, ready: ProcessEvent) -> None:
+
+def serve_worker(
+    options: dict[str, Any], port: int, ready: ProcessEvent, heartbeat: c_double
+) -> None:
     """A worker's process: its own socket on the shared address, then uvicorn's server."""
+    # SIGABRT from the supervisor (a hung event loop) writes every thread's stack.
+    faulthandler.enable()
     config = uvicorn.Config(APP, **{**options, "port": port})
     try:
         sock = bind(config.host, port)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, port, exc)
         sys.exit(STARTUP_FAILURE)
-    _Server(config, ready).run(sockets=[sock])
+    _Server(config, ready, heartbeat).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> None:

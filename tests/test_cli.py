@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -261,6 +262,104 @@ def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settin
                 not Path(f"/proc/{worker}").exists()
                 or "zombie" in Path(f"/proc/{worker}/status").read_text()
             )
+    finally:
+        if process.poll() is None:
+            for worker in workers:
+                subprocess.run(["kill", "-9", str(worker)], check=False)
+            process.kill()
+            process.wait()
+        redis.stop()
+
+
+# Loaded by every Python process of the test below (through PYTHONPATH): in the first
+# worker to get there, a thread holds the interpreter lock without end once the worker
+# serves, as a C call that never returns does. A regular expression that backtracks
+# without end never releases the lock; only a signal's C handler still runs.
+HANG_ONE_WORKER = """
+import multiprocessing, os, re, sys, threading, time
+
+def _hang():
+    while not ("app.main" in sys.modules and multiprocessing.parent_process() is not None):
+        time.sleep(0.1)
+    time.sleep(3)
+    try:
+        os.close(os.open(os.environ["HANG_MARKER"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    re.match(r"(a+)+$", "a" * 64 + "b")
+
+threading.Thread(target=_hang, daemon=True).start()
+"""
+
+
+def test_serve_with_workers_replaces_a_hung_worker(settings: Settings, tmp_path: Path):
+    """A worker that lives but whose event loop no longer runs is aborted, its threads'
+    stacks written to the log, and another takes its place; one that does not even die
+    of SIGABRT (stopped) is killed. Neither ever answers again, so neither would be
+    noticed by waiting for it to exit."""
+    from support import RedisServer, free_port
+
+    redis = RedisServer(tmp_path)
+    redis.start()
+    port = free_port()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HANG_ONE_WORKER)
+    env = cli_env(
+        settings,
+        ERRORGRAPH_PORT=str(port),
+        ERRORGRAPH_BROADCAST_URL=redis.url,
+        ERRORGRAPH_WORKER_TIMEOUT="3",
+        HANG_MARKER=str(tmp_path / "hung"),
+    )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [ERRORGRAPH, "serve", "--workers", "2"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
+    workers: list[int] = []
+
+    def wait_for(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+    def started(count: int) -> bool:
+        return log.read_text().count("Application startup complete") >= count
+
+    try:
+        wait_for(lambda: started(2) and (tmp_path / "hung").exists())
+        workers = _workers(process.pid)
+        assert len(workers) == 2
+        # One worker now holds the interpreter lock for good: it is aborted and replaced.
+        wait_for(lambda: started(3) and len(set(workers) & set(_workers(process.pid))) == 1)
+        text = log.read_text()
+        assert "has not run its event loop for" in text
+        assert "Fatal Python error: Aborted" in text
+        assert 'sitecustomize.py", line' in text and "in _hang" in text  # the culprit
+        assert "exited (status -6); starting another" in text
+        for _ in range(10):  # the address keeps answering, whichever worker takes it
+            assert _answers(port)
+
+        # A stopped worker does not die of SIGABRT either: it is killed.
+        workers = _workers(process.pid)
+        os.kill(workers[0], signal.SIGSTOP)
+        wait_for(lambda: started(4) and workers[0] not in _workers(process.pid))
+        text = log.read_text()
+        assert f"worker [{workers[0]}] did not exit on SIGABRT; killed" in text
+        assert "exited (status -9); starting another" in text
+        assert _answers(port)
+
+        process.terminate()
+        assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             for worker in workers:
