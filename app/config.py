@@ -108,6 +108,9 @@ class Settings(BaseSettings):
 
     # Limits on what a client may send (bytes unless said otherwise).
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # Request bodies one process reads and works on at once (app/admission.py); the other
+    # requests wait their turn. 0: no limit.
+    max_body_bytes_in_flight: int = Field(default=4_194_304, ge=0)
     max_batch_events: int = Field(default=100, ge=1, le=10_000)
 
     # Rate limits (app/services/quotas.py; counted in Redis when broadcast_url is Redis, so

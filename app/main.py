@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import rest_compat
 from app import metrics
+from app.admission import AdmissionMiddleware
 from app.config import Settings, load_settings
 from app.dashboard import dashboard_routes
 from app.errors import ErrorgraphError, Forbidden
@@ -197,7 +198,10 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(RequestLogMiddleware, dialects=_dialect_routes())],
+        middleware=[
+            Middleware(RequestLogMiddleware, dialects=_dialect_routes()),
+            Middleware(AdmissionMiddleware, limit=settings.max_body_bytes_in_flight),
+        ],
         exception_handlers={
             HTTPException: _http_error,
             ErrorgraphError: _domain_error,

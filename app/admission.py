@@ -1,0 +1,127 @@
+"""Admission: how many request bytes one process takes in at once.
+
+What a process holds in memory while it ingests is, above its start-up heap, the requests
+in flight: each body, what it parses into (about eight times its size for a batch of
+events) and the events waiting for the writer. Every request that arrived used to be
+read at once, so memory grew with the number of clients: 32 clients sending batches of
+100 events held ~75 MiB, and a thousand clients sending the largest bodies allowed would
+hold gigabytes, on machines where errorgraph is meant to fit in a few hundred MiB.
+
+`AdmissionMiddleware` lets a request's handler run only while the bodies of the requests
+in flight hold less than `MAX_BODY_BYTES_IN_FLIGHT` (`BodyBudget`); the others wait, in
+the order they came, before their bodies are read (the server stops reading a waiting
+body after its first 64 KiB, so the client waits on TCP, not on memory here). Waiting
+costs throughput nothing as long as the writer has a full batch queued: a few batches in
+flight suffice. A request is charged its declared `Content-Length` when admitted, and a
+body sent without one as it arrives; one request larger than the budget is admitted
+alone. Requests without a body (GET, a WebSocket) are never held back.
+
+A body that arrives slowly holds its share of the budget while it arrives. Behind a
+proxy that buffers request bodies (nginx does by default, `deploy/nginx.conf` among
+them) every body arrives whole; exposed directly, a few clients that announce large
+bodies and send them slowly would hold the others back for as long as they send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyBudget:
+    """Bytes held by the requests in flight, and the requests waiting for room, first
+    come first served: a small request never overtakes a large one that waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _fits(self, size: int) -> bool:
+        return self.held == 0 or self.held + size <= self.limit
+
+    async def admit(self, size: int) -> None:
+        """Return once `size` bytes are charged; wait while they do not fit."""
+        if not self._waiting and self._fits(size):
+            self.held += size
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, future)
+        self._waiting.append(entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(size)  # admitted just as it was cancelled: hand it on
+            else:
+                self._waiting.remove(entry)
+                self._wake()
+            raise
+
+    def charge(self, size: int) -> None:
+        """Bytes of an admitted request beyond those it declared (a body without
+        `Content-Length`): counted, never waited for, so an admitted request finishes."""
+        self.held += size
+
+    def release(self, size: int) -> None:
+        self.held -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self._fits(self._waiting[0][0]):
+            size, future = self._waiting.popleft()
+            self.held += size
+            future.set_result(None)
+
+
+_WITHOUT_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class AdmissionMiddleware:
+    """Holds each HTTP request with a body until `budget` has room for it (see the module
+    docstring); `limit` 0 admits everything at once."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.budget = BodyBudget(limit) if limit > 0 else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        budget = self.budget
+        if budget is None or scope["type"] != "http" or scope["method"] in _WITHOUT_BODY:
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared == 0:
+            await self.app(scope, receive, send)
+            return
+        charged = declared or 0
+        await budget.admit(charged)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received, charged
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > charged:  # no Content-Length, or more than it said
+                    budget.charge(received - charged)
+                    charged = received
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            budget.release(charged)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None

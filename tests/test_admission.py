@@ -1,0 +1,197 @@
+"""Admission (app/admission.py): a process reads and works on at most
+MAX_BODY_BYTES_IN_FLIGHT bytes of request bodies at once; later requests wait their
+turn, in order, before their bodies are read."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import func, select
+
+from app.admission import BodyBudget
+from app.config import Settings
+from app.main import create_app
+from app.models import Event
+from app.services.keys import create_project
+
+
+async def test_budget_admits_in_order_and_a_larger_request_alone():
+    budget = BodyBudget(100)
+    await budget.admit(60)
+    await budget.admit(40)  # exactly full
+    order: list[str] = []
+
+    async def wait(name: str, size: int) -> None:
+        await budget.admit(size)
+        order.append(name)
+
+    big = asyncio.create_task(wait("big", 250))
+    small = asyncio.create_task(wait("small", 1))
+    await asyncio.sleep(0)
+    assert order == [] and budget.waiting == 2
+    budget.release(60)
+    await asyncio.sleep(0)
+    # Room for the small one, but the big one came first: nothing overtakes it.
+    assert order == [] and budget.waiting == 2
+    budget.release(40)
+    await big
+    # Larger than the budget: admitted once nothing else is held, and alone.
+    await asyncio.sleep(0)
+    assert order == ["big"] and budget.held == 250 and budget.waiting == 1
+    budget.release(250)
+    await small
+    assert order == ["big", "small"] and budget.held == 1
+    budget.release(1)
+    assert budget.held == 0
+
+
+async def test_a_cancelled_waiter_gives_its_turn_to_the_next():
+    budget = BodyBudget(100)
+    await budget.admit(100)
+    first = asyncio.create_task(budget.admit(80))
+    second = asyncio.create_task(budget.admit(20))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert not second.done()
+    budget.release(100)
+    await second
+    assert budget.held == 20 and budget.waiting == 0
+
+
+class _Call:
+    """One request driven through the ASGI app, its body handed over when the test says."""
+
+    def __init__(self, path: str, body: bytes, *, method: str = "POST") -> None:
+        self.path, self.body, self.method = path, body, method
+        self.body_sent = asyncio.Event()
+        self.read = False  # whether the app asked for the body
+        self.status: int | None = None
+        self.answer = b""
+
+    async def run(self, app: Any) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if self.method != "GET":
+            headers.append((b"content-length", str(len(self.body)).encode()))
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": self.method,
+            "scheme": "http",
+            "path": self.path,
+            "raw_path": self.path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            self.read = True
+            if delivered:
+                await asyncio.Event().wait()  # the client stays connected
+            await self.body_sent.wait()
+            delivered = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+            elif message["type"] == "http.response.body":
+                self.answer += message.get("body", b"")
+
+        await app(scope, receive, send)
+
+
+def _batch(key: str, name: str, size: int) -> bytes:
+    """A Proliferate batch of one event padded to about `size` bytes."""
+    event = {
+        "api_key": key,
+        "event_id": f"admission-{name}",
+        "timestamp": "2026-12-05T09:00:00Z",
+        "type": "message",
+        "message": f"held back {name}",
+        "extra": {"padding": "x" * size},
+    }
+    return orjson.dumps([event])
+
+
+async def _until(condition: Any) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget(
+    tmp_path: Path,
+):
+    """Through the whole app on a real SQLite file: with a budget of 64 KiB, a 40 KiB
+    batch whose body is still arriving holds a second one back, unread, while a request
+    without a body passes; once the first is answered the second is read and stored."""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
+        broadcast_url="memory://",
+        max_body_bytes_in_flight=64 * 1024,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        runtime = app.state.runtime
+        created = await create_project(sessions=runtime.database.sessions, name="admission")
+        key = created.ingest_key.secret
+        first = _Call("/api/v1/errors/batch", _batch(key, "first", 40 * 1024))
+        second = _Call("/api/v1/errors/batch", _batch(key, "second", 40 * 1024))
+        running = [asyncio.create_task(first.run(manager.app))]
+        await _until(lambda: first.read)
+        running.append(asyncio.create_task(second.run(manager.app)))
+        await asyncio.sleep(0.2)  # time enough for the second to be read, were it admitted
+        assert not second.read and second.status is None
+
+        health = _Call("/health/live", b"", method="GET")
+        await asyncio.wait_for(health.run(manager.app), 10)
+        assert health.status == 200
+
+        first.body_sent.set()
+        second.body_sent.set()
+        await asyncio.wait_for(asyncio.gather(*running), 30)
+        assert (first.status, second.status) == (202, 202), (first.answer, second.answer)
+        async with runtime.database.sessions() as session:
+            stored = await session.scalar(select(func.count()).select_from(Event))
+        assert stored == 2
+
+
+async def test_without_a_budget_every_request_is_read_at_once(tmp_path: Path):
+    """`MAX_BODY_BYTES_IN_FLIGHT=0`: the same two requests are both read while the first
+    body is still arriving (what the test above shows is the budget's doing)."""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
+        broadcast_url="memory://",
+        max_body_bytes_in_flight=0,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        runtime = app.state.runtime
+        created = await create_project(sessions=runtime.database.sessions, name="admission")
+        key = created.ingest_key.secret
+        first = _Call("/api/v1/errors/batch", _batch(key, "first", 40 * 1024))
+        second = _Call("/api/v1/errors/batch", _batch(key, "second", 40 * 1024))
+        running = [asyncio.create_task(call.run(manager.app)) for call in (first, second)]
+        await _until(lambda: first.read and second.read)
+        first.body_sent.set()
+        second.body_sent.set()
+        await asyncio.wait_for(asyncio.gather(*running), 30)
+        assert (first.status, second.status) == (202, 202)
