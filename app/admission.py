@@ -85,11 +85,12 @@ _WITHOUT_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 
 class AdmissionMiddleware:
     """Holds each HTTP request with a body until `budget` has room for it (see the module
-    docstring); `limit` 0 admits everything at once."""
+    docstring); without a budget everything is admitted at once. The budget is made by
+    the app's factory, which also shows it in the metrics."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(self, app: ASGIApp, *, budget: BodyBudget | None) -> None:
         self.app = app
-        self.budget = BodyBudget(limit) if limit > 0 else None
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         budget = self.budget

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import rest_compat
 from app import metrics
-from app.admission import AdmissionMiddleware
+from app.admission import AdmissionMiddleware, BodyBudget
 from app.config import Settings, load_settings
 from app.dashboard import dashboard_routes
 from app.errors import ErrorgraphError, Forbidden
@@ -100,7 +100,10 @@ async def prometheus_metrics(request: Request) -> Response:
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
             )
     body, content_type = metrics.render(
-        writer=runtime.writer, pubsub=runtime.pubsub, accept=request.headers.get("accept")
+        writer=runtime.writer,
+        pubsub=runtime.pubsub,
+        admission=request.app.state.admission,
+        accept=request.headers.get("accept"),
     )
     return Response(body, headers={"Content-Type": content_type})
 
@@ -195,12 +198,14 @@ def create_app(
         *openapi_routes,
         *dashboard_routes(settings),
     ]
-    return Starlette(
+    limit = settings.max_body_bytes_in_flight
+    admission = BodyBudget(limit) if limit > 0 else None
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(RequestLogMiddleware, dialects=_dialect_routes()),
-            Middleware(AdmissionMiddleware, limit=settings.max_body_bytes_in_flight),
+            Middleware(AdmissionMiddleware, budget=admission),
         ],
         exception_handlers={
             HTTPException: _http_error,
@@ -208,6 +213,8 @@ def create_app(
             Exception: _unexpected,
         },
     )
+    app.state.admission = admission
+    return app
 
 
 def __getattr__(name: str) -> Starlette:

@@ -44,6 +44,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from app.admission import BodyBudget
     from app.pubsub import PubSub
     from app.services.ingest import BatchWriter
 
@@ -249,13 +250,20 @@ def observe_request(
 
 
 class RuntimeCollector(Collector):
-    """The writer's queue and the pub/sub counters of one running server."""
+    """The writer's queue, the admission budget and the pub/sub counters of one running
+    server."""
 
     def __init__(
-        self, *, writer: BatchWriter, pubsub: PubSub, labels: dict[str, str] | None = None
+        self,
+        *,
+        writer: BatchWriter,
+        pubsub: PubSub,
+        admission: BodyBudget | None = None,
+        labels: dict[str, str] | None = None,
     ) -> None:
         self._writer = writer
         self._pubsub = pubsub
+        self._admission = admission
         self._labels = labels or {}
 
     def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -275,6 +283,19 @@ class RuntimeCollector(Collector):
             "Submissions waiting for the batch writer.",
             self._writer.queue_depth,
         )
+        if self._admission is not None:
+            # Requests waiting here while the writer's queue is short would say the budget
+            # (MAX_BODY_BYTES_IN_FLIGHT) is too small for this process's clients.
+            yield self._gauge(
+                "errorgraph_admission_bytes_held",
+                "Request body bytes this process is working on (MAX_BODY_BYTES_IN_FLIGHT).",
+                self._admission.held,
+            )
+            yield self._gauge(
+                "errorgraph_admission_requests_waiting",
+                "Requests waiting for room in MAX_BODY_BYTES_IN_FLIGHT, bodies unread.",
+                self._admission.waiting,
+            )
         yield self._gauge(
             "errorgraph_subscriptions_open",
             "Live subscriptions (GraphQL subscriptions, alert listeners) in this process.",
@@ -317,14 +338,25 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render(*, writer: BatchWriter, pubsub: PubSub, accept: str | None = None) -> tuple[bytes, str]:
+def render(
+    *,
+    writer: BatchWriter,
+    pubsub: PubSub,
+    admission: BodyBudget | None = None,
+    accept: str | None = None,
+) -> tuple[bytes, str]:
     """One scrape: the exposition (text format, or OpenMetrics when `accept` asks for it)
     and its content type."""
     registry = CollectorRegistry(auto_describe=True)
     if multiprocess_dir():
         MultiProcessCollector(registry)
         registry.register(
-            RuntimeCollector(writer=writer, pubsub=pubsub, labels={"pid": str(os.getpid())})
+            RuntimeCollector(
+                writer=writer,
+                pubsub=pubsub,
+                admission=admission,
+                labels={"pid": str(os.getpid())},
+            )
         )
     else:
         for metric in PROCESS_METRICS:
@@ -332,6 +364,6 @@ def render(*, writer: BatchWriter, pubsub: PubSub, accept: str | None = None) ->
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        registry.register(RuntimeCollector(writer=writer, pubsub=pubsub))
+        registry.register(RuntimeCollector(writer=writer, pubsub=pubsub, admission=admission))
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type

@@ -127,6 +127,14 @@ def _batch(key: str, name: str, size: int) -> bytes:
     return orjson.dumps([event])
 
 
+def _gauge(exposition: bytes, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus text exposition."""
+    for line in exposition.decode().splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in the exposition")
+
+
 async def _until(condition: Any) -> None:
     for _ in range(2000):
         if condition():
@@ -160,9 +168,12 @@ async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget
         await asyncio.sleep(0.2)  # time enough for the second to be read, were it admitted
         assert not second.read and second.status is None
 
-        health = _Call("/health/live", b"", method="GET")
-        await asyncio.wait_for(health.run(manager.app), 10)
-        assert health.status == 200
+        # A request without a body passes, and the metrics show who holds and who waits.
+        scrape = _Call("/metrics", b"", method="GET")
+        await asyncio.wait_for(scrape.run(manager.app), 10)
+        assert scrape.status == 200
+        assert _gauge(scrape.answer, "errorgraph_admission_bytes_held") == len(first.body)
+        assert _gauge(scrape.answer, "errorgraph_admission_requests_waiting") == 1
 
         first.body_sent.set()
         second.body_sent.set()
@@ -171,6 +182,10 @@ async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget
         async with runtime.database.sessions() as session:
             stored = await session.scalar(select(func.count()).select_from(Event))
         assert stored == 2
+        after = _Call("/metrics", b"", method="GET")
+        await asyncio.wait_for(after.run(manager.app), 10)
+        assert _gauge(after.answer, "errorgraph_admission_bytes_held") == 0
+        assert _gauge(after.answer, "errorgraph_admission_requests_waiting") == 0
 
 
 async def test_without_a_budget_every_request_is_read_at_once(tmp_path: Path):
