@@ -5,6 +5,8 @@ turn, in order, before their bodies are read."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from app.config import Settings
 from app.main import create_app
 from app.models import Event
 from app.services.keys import create_project
+from app.services.runtime import Runtime
 
 
 async def test_budget_admits_in_order_and_a_larger_request_alone():
@@ -135,6 +138,28 @@ def _gauge(exposition: bytes, name: str) -> float:
     raise AssertionError(f"{name} is not in the exposition")
 
 
+@asynccontextmanager
+async def _server(
+    tmp_path: Path, *, budget: int
+) -> AsyncIterator[tuple[Any, Runtime, _Call, _Call]]:
+    """The app on a SQLite file with `budget` bytes in flight (as the server calls it, and
+    its runtime), and two 40 KiB batches for it whose bodies arrive when the test says."""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
+        broadcast_url="memory://",
+        max_body_bytes_in_flight=budget,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        runtime: Runtime = app.state.runtime
+        sessions = runtime.database.sessions
+        key = (await create_project(sessions=sessions, name="admission")).ingest_key.secret
+        first = _Call("/api/v1/errors/batch", _batch(key, "first", 40 * 1024))
+        second = _Call("/api/v1/errors/batch", _batch(key, "second", 40 * 1024))
+        yield manager.app, runtime, first, second
+
+
 async def _until(condition: Any) -> None:
     for _ in range(2000):
         if condition():
@@ -149,28 +174,16 @@ async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget
     """Through the whole app on a real SQLite file: with a budget of 64 KiB, a 40 KiB
     batch whose body is still arriving holds a second one back, unread, while a request
     without a body passes; once the first is answered the second is read and stored."""
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
-        broadcast_url="memory://",
-        max_body_bytes_in_flight=64 * 1024,
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        runtime = app.state.runtime
-        created = await create_project(sessions=runtime.database.sessions, name="admission")
-        key = created.ingest_key.secret
-        first = _Call("/api/v1/errors/batch", _batch(key, "first", 40 * 1024))
-        second = _Call("/api/v1/errors/batch", _batch(key, "second", 40 * 1024))
-        running = [asyncio.create_task(first.run(manager.app))]
+    async with _server(tmp_path, budget=64 * 1024) as (asgi, runtime, first, second):
+        running = [asyncio.create_task(first.run(asgi))]
         await _until(lambda: first.read)
-        running.append(asyncio.create_task(second.run(manager.app)))
+        running.append(asyncio.create_task(second.run(asgi)))
         await asyncio.sleep(0.2)  # time enough for the second to be read, were it admitted
         assert not second.read and second.status is None
 
         # A request without a body passes, and the metrics show who holds and who waits.
         scrape = _Call("/metrics", b"", method="GET")
-        await asyncio.wait_for(scrape.run(manager.app), 10)
+        await asyncio.wait_for(scrape.run(asgi), 10)
         assert scrape.status == 200
         assert _gauge(scrape.answer, "errorgraph_admission_bytes_held") == len(first.body)
         assert _gauge(scrape.answer, "errorgraph_admission_requests_waiting") == 1
@@ -183,7 +196,7 @@ async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget
             stored = await session.scalar(select(func.count()).select_from(Event))
         assert stored == 2
         after = _Call("/metrics", b"", method="GET")
-        await asyncio.wait_for(after.run(manager.app), 10)
+        await asyncio.wait_for(after.run(asgi), 10)
         assert _gauge(after.answer, "errorgraph_admission_bytes_held") == 0
         assert _gauge(after.answer, "errorgraph_admission_requests_waiting") == 0
 
@@ -191,20 +204,8 @@ async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget
 async def test_without_a_budget_every_request_is_read_at_once(tmp_path: Path):
     """`MAX_BODY_BYTES_IN_FLIGHT=0`: the same two requests are both read while the first
     body is still arriving (what the test above shows is the budget's doing)."""
-    settings = Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
-        broadcast_url="memory://",
-        max_body_bytes_in_flight=0,
-        _env_file=None,  # type: ignore[call-arg]
-    )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        runtime = app.state.runtime
-        created = await create_project(sessions=runtime.database.sessions, name="admission")
-        key = created.ingest_key.secret
-        first = _Call("/api/v1/errors/batch", _batch(key, "first", 40 * 1024))
-        second = _Call("/api/v1/errors/batch", _batch(key, "second", 40 * 1024))
-        running = [asyncio.create_task(call.run(manager.app)) for call in (first, second)]
+    async with _server(tmp_path, budget=0) as (asgi, _, first, second):
+        running = [asyncio.create_task(call.run(asgi)) for call in (first, second)]
         await _until(lambda: first.read and second.read)
         first.body_sent.set()
         second.body_sent.set()
