@@ -7,14 +7,20 @@ read at once, so memory grew with the number of clients: 32 clients sending batc
 100 events held ~75 MiB, and a thousand clients sending the largest bodies allowed would
 hold gigabytes, on machines where errorgraph is meant to fit in a few hundred MiB.
 
-`AdmissionMiddleware` lets a request's handler run only while the bodies of the requests
-in flight hold less than `MAX_BODY_BYTES_IN_FLIGHT` (`BodyBudget`); the others wait, in
-the order they came, before their bodies are read (the server stops reading a waiting
-body after its first 64 KiB, so the client waits on TCP, not on memory here). Waiting
-costs throughput nothing as long as the writer has a full batch queued: a few batches in
-flight suffice. A request is charged its declared `Content-Length` when admitted, and a
-body sent without one as it arrives; one request larger than the budget is admitted
-alone. Requests without a body (GET, a WebSocket) are never held back.
+`AdmissionMiddleware` lets a request's handler read its body only while the bodies of
+the requests in flight hold less than `MAX_BODY_BYTES_IN_FLIGHT` (`BodyBudget`); the
+others wait, in the order they asked, before their bodies are read (the server stops
+reading a waiting body after its first 64 KiB, so the client waits on TCP, not on memory
+here). Waiting costs throughput nothing as long as the writer has a full batch queued: a
+few batches in flight suffice. A request is charged its declared `Content-Length` when
+admitted, and a body sent without one as it arrives; one request larger than the budget
+is admitted alone. Requests without a body (GET, a WebSocket) are never held back.
+
+Admission comes at the first read of the body, not when the request arrives: a handler
+refuses a body its route does not take (413 from the declared `Content-Length`, 401 for
+a bad key in the URL, 429 past a client's quota) without reading it, and so answers at
+once instead of waiting behind the bodies in flight, which it would also hold back if it
+were larger than the budget.
 
 A body that arrives slowly holds its share of the budget while it arrives. Behind a
 proxy that buffers request bodies (nginx does by default, `deploy/nginx.conf` among
@@ -84,8 +90,8 @@ _WITHOUT_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class AdmissionMiddleware:
-    """Holds each HTTP request with a body until `budget` has room for it (see the module
-    docstring); without a budget everything is admitted at once. The budget is made by
+    """Holds the first read of each HTTP request's body until `budget` has room for it
+    (see the module docstring); without a budget every body is read at once. The budget is made by
     the app's factory, which also shows it in the metrics."""
 
     def __init__(self, app: ASGIApp, *, budget: BodyBudget | None) -> None:
@@ -102,11 +108,14 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         charged = declared or 0
-        await budget.admit(charged)
+        admitted = False
         received = 0
 
         async def counted() -> Message:
-            nonlocal received, charged
+            nonlocal admitted, received, charged
+            if not admitted:
+                await budget.admit(charged)
+                admitted = True
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -118,7 +127,8 @@ class AdmissionMiddleware:
         try:
             await self.app(scope, counted, send)
         finally:
-            budget.release(charged)
+            if admitted:
+                budget.release(charged)
 
 
 def _content_length(scope: Scope) -> int | None:

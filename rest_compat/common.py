@@ -80,21 +80,6 @@ def error_response(
     return JSONOut(content, status_code=status_for(exc), headers=headers_for(exc))
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise InvalidInput("request body is empty; expected JSON", field="body")

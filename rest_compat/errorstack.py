@@ -61,6 +61,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.bodies import read_body
 from app.domain.event import EventIn, EventType, ExceptionIn, Level
 from app.domain.scrubbing import ScrubRules
 from app.errors import ErrorgraphError, InvalidInput, InvalidKey
@@ -78,7 +79,6 @@ from rest_compat.common import (
     multipart_pairs,
     parse_json,
     query_pairs,
-    read_body,
     runtime_of,
     status_for,
 )

@@ -131,6 +131,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app.bodies import read_body
 from app.domain.event import (
     EventIn,
     EventType,
@@ -168,7 +169,6 @@ from rest_compat.common import (
     limit_client,
     parse_json,
     query_pairs,
-    read_body,
     runtime_of,
     status_for,
 )

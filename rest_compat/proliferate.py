@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.bodies import read_body
 from app.domain.event import AccountIn, EventIn, EventType, ExceptionIn, Level, UserIn
 from app.domain.stacktrace import parse_stacktrace
 from app.errors import ErrorgraphError, InvalidKey, PayloadTooLarge, QuotaExceeded, Unavailable
@@ -56,7 +57,6 @@ from rest_compat.common import (
     error_response,
     limit_client,
     parse_json,
-    read_body,
     runtime_of,
     validation_details,
 )

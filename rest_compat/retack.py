@@ -50,6 +50,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.bodies import read_body
 from app.domain.event import EventIn, EventType, Level, UserIn
 from app.errors import ErrorgraphError, InvalidInput, InvalidKey
 from app.services.ingest import ingest_events
@@ -65,7 +66,6 @@ from rest_compat.common import (
     multipart_pairs,
     parse_json,
     query_pairs,
-    read_body,
     runtime_of,
 )
 

@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message
 
+from app.bodies import read_body
 from app.errors import ErrorgraphError, InvalidInput, InvalidKey
 from app.services.keys import KeyGrant, grant_for_project_key
 from app.services.sourcemaps import (
@@ -55,7 +56,7 @@ from app.services.sourcemaps import (
     list_source_maps,
     store_source_map,
 )
-from rest_compat.common import JSONOut, error_response, media_type, read_body, runtime_of
+from rest_compat.common import JSONOut, error_response, media_type, runtime_of
 
 # Room for the form's other fields and part headers around the map itself.
 MAX_FORM_OVERHEAD = 64 * 1024

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +72,28 @@ async def test_a_cancelled_waiter_gives_its_turn_to_the_next():
 class _Call:
     """One request driven through the ASGI app, its body handed over when the test says."""
 
-    def __init__(self, path: str, body: bytes, *, method: str = "POST") -> None:
+    def __init__(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        method: str = "POST",
+        declared: int | None = None,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """`declared`: the `Content-Length` sent, when not the body's."""
         self.path, self.body, self.method = path, body, method
+        self.declared = len(body) if declared is None else declared
+        self.headers = headers
         self.body_sent = asyncio.Event()
         self.read = False  # whether the app asked for the body
         self.status: int | None = None
         self.answer = b""
 
     async def run(self, app: Any) -> None:
-        headers = [(b"content-type", b"application/json")]
+        headers = [(b"content-type", b"application/json"), *self.headers]
         if self.method != "GET":
-            headers.append((b"content-length", str(len(self.body)).encode()))
+            headers.append((b"content-length", str(self.declared).encode()))
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -138,12 +150,20 @@ def _gauge(exposition: bytes, name: str) -> float:
     raise AssertionError(f"{name} is not in the exposition")
 
 
+@dataclass
+class _Served:
+    asgi: Any  # the app as the server calls it
+    runtime: Runtime
+    project_id: int
+    key: str  # the project's ingest key
+    first: _Call
+    second: _Call
+
+
 @asynccontextmanager
-async def _server(
-    tmp_path: Path, *, budget: int
-) -> AsyncIterator[tuple[Any, Runtime, _Call, _Call]]:
-    """The app on a SQLite file with `budget` bytes in flight (as the server calls it, and
-    its runtime), and two 40 KiB batches for it whose bodies arrive when the test says."""
+async def _server(tmp_path: Path, *, budget: int) -> AsyncIterator[_Served]:
+    """The app on a SQLite file with `budget` bytes in flight, and two 40 KiB batches for
+    it whose bodies arrive when the test says."""
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
         broadcast_url="memory://",
@@ -154,10 +174,11 @@ async def _server(
     async with LifespanManager(app) as manager:
         runtime: Runtime = app.state.runtime
         sessions = runtime.database.sessions
-        key = (await create_project(sessions=sessions, name="admission")).ingest_key.secret
+        created = await create_project(sessions=sessions, name="admission")
+        key = created.ingest_key.secret
         first = _Call("/api/v1/errors/batch", _batch(key, "first", 40 * 1024))
         second = _Call("/api/v1/errors/batch", _batch(key, "second", 40 * 1024))
-        yield manager.app, runtime, first, second
+        yield _Served(manager.app, runtime, created.project.id, key, first, second)
 
 
 async def _until(condition: Any) -> None:
@@ -174,7 +195,8 @@ async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget
     """Through the whole app on a real SQLite file: with a budget of 64 KiB, a 40 KiB
     batch whose body is still arriving holds a second one back, unread, while a request
     without a body passes; once the first is answered the second is read and stored."""
-    async with _server(tmp_path, budget=64 * 1024) as (asgi, runtime, first, second):
+    async with _server(tmp_path, budget=64 * 1024) as served:
+        asgi, runtime, first, second = served.asgi, served.runtime, served.first, served.second
         running = [asyncio.create_task(first.run(asgi))]
         await _until(lambda: first.read)
         running.append(asyncio.create_task(second.run(asgi)))
@@ -204,10 +226,51 @@ async def test_a_request_waits_unread_while_the_bodies_in_flight_fill_the_budget
 async def test_without_a_budget_every_request_is_read_at_once(tmp_path: Path):
     """`MAX_BODY_BYTES_IN_FLIGHT=0`: the same two requests are both read while the first
     body is still arriving (what the test above shows is the budget's doing)."""
-    async with _server(tmp_path, budget=0) as (asgi, _, first, second):
+    async with _server(tmp_path, budget=0) as served:
+        asgi, first, second = served.asgi, served.first, served.second
         running = [asyncio.create_task(call.run(asgi)) for call in (first, second)]
         await _until(lambda: first.read and second.read)
         first.body_sent.set()
         second.body_sent.set()
         await asyncio.wait_for(asyncio.gather(*running), 30)
         assert (first.status, second.status) == (202, 202)
+
+
+async def test_a_body_its_route_refuses_is_answered_without_waiting(tmp_path: Path):
+    """Admission comes at the first read of a body: while a batch holds the whole budget,
+    requests that declare more than their route takes get their 413 at once, in their
+    dialect's shape, with their bodies never read. Admitted on arrival, each would have
+    waited for the first, the larger ones alone."""
+    async with _server(tmp_path, budget=64 * 1024) as served:
+        asgi, first = served.asgi, served.first
+        holding = asyncio.create_task(first.run(asgi))
+        await _until(lambda: first.read)
+        sentry_auth = f"Sentry sentry_key={served.key}, sentry_version=7".encode()
+        refused = [
+            # Proliferate: past ERRORGRAPH_MAX_BODY_BYTES (1 MiB).
+            _Call("/api/v1/errors/batch", b"[]", declared=2 * 1024 * 1024),
+            # Sentry: past its 20 MiB.
+            _Call(
+                f"/api/{served.project_id}/envelope/",
+                b"{}\n",
+                declared=21 * 1024 * 1024,
+                headers=((b"x-sentry-auth", sentry_auth),),
+            ),
+            # GraphQL: past what any GraphQL request needs.
+            _Call("/graphql", b"{}", declared=200 * 1024 * 1024),
+        ]
+        for call in refused:
+            call.body_sent.set()  # were it read, its (short) body would come at once
+            await asyncio.wait_for(call.run(asgi), 10)
+            assert call.status == 413, (call.path, call.answer)
+            assert not call.read, call.path
+            assert b"request body is larger than" in call.answer
+        assert orjson.loads(refused[0].answer) == {
+            "detail": "request body is larger than 1048576 bytes"
+        }
+        [error] = orjson.loads(refused[-1].answer)["errors"]
+        assert error["message"].startswith("request body is larger than")
+        assert error["extensions"] == {"code": "BAD_USER_INPUT"}
+        first.body_sent.set()
+        await asyncio.wait_for(holding, 30)
+        assert first.status == 202

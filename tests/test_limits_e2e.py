@@ -42,6 +42,7 @@ from support import (
 
 from app.config import Settings
 from app.db import create_database, upgrade_database
+from app.graphql.schema import MAX_GRAPHQL_BODY_BYTES
 from app.main import create_app
 from app.models import Event, LogMessage
 from app.services.keys import CreatedProject, create_project, create_project_key
@@ -608,11 +609,38 @@ def test_each_dialect_refuses_an_announced_oversized_body_unread(live_server: Li
             {"Authorization": f"Bearer {api}"},
             sourcemaps.MAX_SOURCE_MAP_BYTES + sourcemaps.MAX_FORM_OVERHEAD,
         ),
+        ("POST", "/graphql", {"Authorization": f"Bearer {api}"}, MAX_GRAPHQL_BODY_BYTES),
     ]
     assert error_tracker.MAX_BODY_BYTES == 256 * 1024 and 20 * MiB == sentry.MAX_BODY_BYTES
     for method, target, headers, limit in cases:
         status = status_without_body(live_server.base_url, method, target, headers, limit + 1)
         assert status == 413, (method, target, status)
+
+
+async def test_graphql_stops_reading_a_body_past_its_limit(app_client: AppClient):
+    """A GraphQL body sent without `Content-Length` is read only up to the largest a GraphQL
+    request needs (a source map upload), then refused: strawberry alone reads it all."""
+    sent = 0
+
+    async def pieces() -> AsyncIterator[bytes]:
+        nonlocal sent
+        piece = b" " * MiB
+        while sent <= MAX_GRAPHQL_BODY_BYTES + 8 * MiB:
+            sent += len(piece)
+            yield piece
+
+    response = await app_client.http.post(
+        "/graphql", content=pieces(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    [error] = response.json()["errors"]
+    assert error == {
+        "message": f"request body is larger than {MAX_GRAPHQL_BODY_BYTES} bytes",
+        "extensions": {"code": "BAD_USER_INPUT"},
+    }
+    # An ordinary query after it is answered as ever.
+    ok = await app_client.http.post("/graphql", json={"query": "{ __typename }"})
+    assert ok.json() == {"data": {"__typename": "Query"}}
 
 
 # --- the Sentry SDK backs off ---------------------------------------------------------

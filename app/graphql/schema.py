@@ -12,8 +12,9 @@ from typing import Any
 
 import strawberry
 from graphql.error import GraphQLError
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -22,13 +23,15 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from strawberry.tools import merge_types
 from strawberry.types.unset import UNSET, UnsetType
 
+from app.bodies import read_body
 from app.config import Settings
-from app.errors import ErrorgraphError
+from app.errors import ErrorgraphError, PayloadTooLarge
 from app.services.runtime import Runtime
+from app.services.sourcemaps import MAX_SOURCE_MAP_BYTES
 
 from .alerts import AlertMutation, AlertQuery
 from .context import Context, Loaders, bearer_secret
-from .errors import ErrorCodes
+from .errors import ErrorCodes, code_for
 from .fanout import FanOut, SharingTransportWSHandler
 from .ide import graphiql_page
 from .mutations import Mutation
@@ -39,6 +42,9 @@ from .subscriptions import Subscription
 MAX_DEPTH = 12
 MAX_ALIASES = 30
 MAX_TOKENS = 5000
+# The largest body a GraphQL request needs: `uploadSourceMap` with a source map of the
+# largest size taken, which escaping into a JSON string can make twice as long.
+MAX_GRAPHQL_BODY_BYTES = 2 * MAX_SOURCE_MAP_BYTES + 64 * 1024
 
 
 class Schema(strawberry.Schema):
@@ -76,9 +82,35 @@ class GraphQLApp(GraphQL[Context, None]):
 
     graphql_transport_ws_handler_class = SharingTransportWSHandler
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_body_bytes: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fanout = FanOut()
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Strawberry reads a POST's whole body, however large; this reads it first, and
+        refuses it (413) past `max_body_bytes`, before it fills the process's memory."""
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            body = await read_body(Request(scope, receive), limit=self.max_body_bytes)
+        except PayloadTooLarge as exc:
+            error = {"message": exc.message, "extensions": {"code": code_for(exc)}}
+            await JSONResponse({"errors": [error]}, status_code=413)(scope, receive, send)
+            return
+        except ClientDisconnect:
+            return  # nobody to answer
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:
+                return await receive()  # the client's disconnect, when it comes
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await super().__call__(scope, replay, send)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         page = graphiql_page()
@@ -127,4 +159,5 @@ def graphql_app(settings: Settings) -> GraphQLApp:
         # origin gains nothing it could not do itself: dashboards may live anywhere.
         "allowed_origins": ("*",),
     }
-    return GraphQLApp(schema, **options)
+    limit = max(settings.max_body_bytes, MAX_GRAPHQL_BODY_BYTES)
+    return GraphQLApp(schema, max_body_bytes=limit, **options)
