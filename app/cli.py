@@ -617,7 +617,9 @@ def serve(
         "log_config": logging_config(level=settings.log_level, log_format=settings.log_format),
         "access_log": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout,
-        "worker_timeout": settings.worker_timeout,  # the supervisor's, not uvicorn's
+        # The supervisor's, not uvicorn's.
+        "worker_timeout": settings.worker_timeout,
+        "log_format": settings.log_format,
         "proxy_headers": True,
         # GraphQL messages are small; compressing each one for each subscriber cost more
         # than sending it (a tenth of the fan-out to a thousand subscribers).

@@ -3,8 +3,11 @@
 `serve` sets up in the CLI's process (migrations, the demo project), which imports the
 whole app; kept as the supervisor, that process held ~90 MiB for the server's lifetime,
 though a supervisor only starts, watches and stops the workers. With more than one worker
-`serve` replaces itself (exec) with this module, which imports uvicorn and the logging
-set-up alone: each worker imports the app for itself.
+`serve` replaces itself (exec) with this module, which imports neither the app nor
+uvicorn nor structlog (with the console renderer's imports, rich and pygments, those two
+were most of its ~39 MiB): each worker (`app.worker`) imports them for itself. Workers
+are plain child processes, not `multiprocessing`'s, whose resource tracker was one more
+Python process (~13 MiB) for nothing to track.
 
 Each worker listens on a socket of its own, bound to the same address with SO_REUSEPORT,
 so that the kernel spreads new connections over the workers evenly. uvicorn's supervisor
@@ -28,28 +31,28 @@ instead, which answers while the event loop is stuck in Python code.
 
 from __future__ import annotations
 
-import asyncio
-import faulthandler
+import ctypes
 import logging
-import multiprocessing
+import mmap
 import os
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-from ctypes import c_double
 from dataclasses import dataclass
-from multiprocessing.context import SpawnProcess
-from multiprocessing.synchronize import Event as ProcessEvent
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 import orjson
-import uvicorn
-from uvicorn.config import STARTUP_FAILURE
 
 APP = "app.main:app"
+# uvicorn's exit status for a server that cannot start (`uvicorn.config.STARTUP_FAILURE`),
+# written out so that this process need not import uvicorn.
+STARTUP_FAILURE = 3
 # How long a worker started by SIGHUP may take to serve before the restart is given up.
 STARTUP_SECONDS = 120
 # How often a worker's event loop shows it runs, and how long a worker sent SIGABRT for
@@ -59,17 +62,19 @@ ABORT_SECONDS = 5.0
 
 log = logging.getLogger("app.supervisor")  # also when run as __main__
 
-# New processes, as uvicorn's are: a fork would copy this process's state.
-_spawn = multiprocessing.get_context("spawn")
-
 
 def run(options: dict[str, Any]) -> None:
-    """Serve with uvicorn's `run` options and `worker_timeout` (seconds; see the module
-    docstring): one process, or N workers under `Supervisor`."""
+    """Serve with uvicorn's `run` options, `worker_timeout` (seconds; see the module
+    docstring) and `log_format` (for the supervisor's own lines): one process, or N
+    workers under `Supervisor`."""
     options = dict(options)
     worker_timeout = float(options.pop("worker_timeout", 0) or 0)
+    log_format = options.pop("log_format", "auto")
     if (options.get("workers") or 1) > 1 and hasattr(socket, "SO_REUSEPORT"):
-        sys.exit(Supervisor(options, worker_timeout=worker_timeout).run())
+        supervisor = Supervisor(options, worker_timeout=worker_timeout, log_format=log_format)
+        sys.exit(supervisor.run())
+    import uvicorn  # here alone: a supervisor never needs it
+
     uvicorn.run(APP, **options)
 
 
@@ -87,24 +92,67 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class LineFormatter(logging.Formatter):
+    """The supervisor's few lines in the shape of the workers' (app/logging.py renders
+    theirs with structlog): a JSON object with the same keys, or a line for a person."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        timestamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        level = record.levelname.lower()
+        message = record.getMessage()
+        if record.exc_info:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        if self.as_json:
+            line = {"event": message, "timestamp": timestamp, "level": level, "logger": record.name}
+            return orjson.dumps(line).decode()
+        return f"{timestamp} [{level:<9}] {message} [{record.name}]"
+
+
+def configure_logging(*, level: str, log_format: str) -> None:
+    """This process's logging, to stderr: JSON lines unless stderr is a terminal, as
+    `app.logging.wants_json` decides for the workers."""
+    as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LineFormatter(as_json=as_json))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
 @dataclass
 class Worker:
-    process: SpawnProcess
-    # Set by the worker once it listens and its app has started.
-    ready: ProcessEvent
-    # The `time.monotonic()` (one clock for every process) its event loop last ran at.
-    heartbeat: c_double
+    process: subprocess.Popen[bytes]
+    # Shared with the worker: the `time.monotonic()` (one clock for every process) its
+    # event loop last ran at; 0 until it listens and its app has started.
+    heartbeat: ctypes.c_double
     # When it was sent SIGABRT for not running.
     aborted_at: float | None = None
 
+    @property
+    def ready(self) -> bool:
+        return self.heartbeat.value > 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
 
 class Supervisor:
-    def __init__(self, options: dict[str, Any], *, worker_timeout: float = 0) -> None:
+    def __init__(
+        self, options: dict[str, Any], *, worker_timeout: float = 0, log_format: str = "auto"
+    ) -> None:
         self.count: int = options["workers"]
         self.worker_timeout = worker_timeout
         self.options = {**options, "workers": None}
-        # Applies the logging configuration to this process too.
-        self.config = uvicorn.Config(APP, **self.options)
+        self.host: str = options.get("host") or "127.0.0.1"
+        self.requested_port: int = options.get("port", 8000)
+        # uvicorn's own default, which the workers apply.
+        self.graceful_seconds: float = options.get("timeout_graceful_shutdown") or 30
+        configure_logging(level=options.get("log_level") or "info", log_format=log_format)
         self.workers: list[Worker] = []
         self.stopping = threading.Event()
         self.reload = False
@@ -116,9 +164,9 @@ class Supervisor:
         try:
             # Kept bound (not listening, so it takes no connections) while the workers
             # come and go: the address stays ours, and port 0 becomes one port for all.
-            reserved = bind(self.config.host, self.config.port)
+            reserved = bind(self.host, self.requested_port)
         except OSError as exc:
-            log.error("cannot listen on %s:%s: %s", self.config.host, self.config.port, exc)
+            log.error("cannot listen on %s:%s: %s", self.host, self.requested_port, exc)
             return STARTUP_FAILURE
         with reserved:
             self.port = reserved.getsockname()[1]
@@ -128,7 +176,7 @@ class Supervisor:
                 "supervisor [%d]: %d workers on http://%s:%d, each with its own socket",
                 os.getpid(),
                 self.count,
-                self.config.host,
+                self.host,
                 self.port,
             )
             self.workers = [self._start() for _ in range(self.count)]
@@ -148,15 +196,23 @@ class Supervisor:
             self.stopping.set()
 
     def _start(self) -> Worker:
-        ready = _spawn.Event()
-        heartbeat = _spawn.RawValue(c_double, 0.0)
-        process = _spawn.Process(
-            target=serve_worker,
-            args=(self.options, self.port, ready, heartbeat),
-            name="errorgraph-worker",
-        )
-        process.start()
-        return Worker(process=process, ready=ready, heartbeat=heartbeat)
+        size = ctypes.sizeof(ctypes.c_double)
+        # An unlinked file, zeroed: the worker maps the same page.
+        with tempfile.TemporaryFile() as shared:
+            shared.truncate(size)
+            memory = mmap.mmap(shared.fileno(), size)
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "app.worker",
+                    orjson.dumps(self.options).decode(),
+                    str(self.port),
+                    str(shared.fileno()),
+                ],
+                pass_fds=(shared.fileno(),),
+            )
+        return Worker(process=process, heartbeat=ctypes.c_double.from_buffer(memory))
 
     def _abort_hung(self) -> None:
         """SIGABRT to the started workers whose event loop has not run for
@@ -167,7 +223,7 @@ class Supervisor:
         now = time.monotonic()
         for worker in self.workers:
             process = worker.process
-            if process.pid is None or not process.is_alive() or not worker.ready.is_set():
+            if not worker.alive or not worker.ready:
                 continue
             if worker.aborted_at is None:
                 silent = now - worker.heartbeat.value
@@ -178,7 +234,7 @@ class Supervisor:
                         process.pid,
                         silent,
                     )
-                    os.kill(process.pid, signal.SIGABRT)
+                    process.send_signal(signal.SIGABRT)
                     worker.aborted_at = now
             elif now - worker.aborted_at > ABORT_SECONDS:
                 log.error("worker [%d] did not exit on SIGABRT; killed", process.pid)
@@ -187,17 +243,16 @@ class Supervisor:
     def _replace_dead(self) -> None:
         for index, worker in enumerate(self.workers):
             process = worker.process
-            if process.is_alive() or self.stopping.is_set():
+            if worker.alive or self.stopping.is_set():
                 continue
-            process.join()
-            if process.exitcode == STARTUP_FAILURE:
+            if process.returncode == STARTUP_FAILURE:
                 # Its app, database or socket is broken: every new worker would fail alike.
                 log.error("worker [%d] failed to start; stopping", process.pid)
                 self.status = STARTUP_FAILURE
                 self.stopping.set()
                 return
             log.warning(
-                "worker [%d] exited (status %s); starting another", process.pid, process.exitcode
+                "worker [%d] exited (status %s); starting another", process.pid, process.returncode
             )
             self.workers[index] = self._start()
 
@@ -208,16 +263,12 @@ class Supervisor:
         for index, old in enumerate(self.workers):
             new = self._start()
             deadline = time.monotonic() + STARTUP_SECONDS
-            while not new.ready.wait(0.2):
-                if (
-                    self.stopping.is_set()
-                    or not new.process.is_alive()
-                    or time.monotonic() > deadline
-                ):
+            while not new.ready:
+                if self.stopping.wait(0.2) or not new.alive or time.monotonic() > deadline:
                     if not self.stopping.is_set():
                         log.error(
                             "a new worker did not start (status %s); keeping the running ones",
-                            new.process.exitcode,
+                            new.process.returncode,
                         )
                     self._stop([new])
                     return
@@ -230,50 +281,16 @@ class Supervisor:
     def _stop(self, workers: list[Worker]) -> None:
         """SIGTERM: each worker answers its requests in flight and drains its writer."""
         for worker in workers:
-            if worker.process.is_alive() and worker.process.pid is not None:
-                os.kill(worker.process.pid, signal.SIGTERM)
-        grace = (self.config.timeout_graceful_shutdown or 30) + 30
+            if worker.alive:
+                worker.process.terminate()
+        grace = self.graceful_seconds + 30
         for worker in workers:
-            worker.process.join(grace)
-            if worker.process.is_alive():
+            try:
+                worker.process.wait(grace)
+            except subprocess.TimeoutExpired:
                 log.error("worker [%d] did not stop within %d s; killed", worker.process.pid, grace)
                 worker.process.kill()
-                worker.process.join()
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, ready: ProcessEvent, heartbeat: c_double) -> None:
-        super().__init__(config)
-        self._ready = ready
-        self._heartbeat = heartbeat
-        self._beating: asyncio.Task[None] | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            self._heartbeat.value = time.monotonic()
-            self._beating = asyncio.create_task(self._beat(), name="errorgraph-heartbeat")
-            self._ready.set()
-
-    async def _beat(self) -> None:
-        while True:
-            self._heartbeat.value = time.monotonic()
-            await asyncio.sleep(BEAT_SECONDS)
-
-
-def serve_worker(
-    options: dict[str, Any], port: int, ready: ProcessEvent, heartbeat: c_double
-) -> None:
-    """A worker's process: its own socket on the shared address, then uvicorn's server."""
-    # SIGABRT from the supervisor (a hung event loop) writes every thread's stack.
-    faulthandler.enable()
-    config = uvicorn.Config(APP, **{**options, "port": port})
-    try:
-        sock = bind(config.host, port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", config.host, port, exc)
-        sys.exit(STARTUP_FAILURE)
-    _Server(config, ready, heartbeat).run(sockets=[sock])
+                worker.process.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -135,7 +135,7 @@ def _workers(supervisor: int) -> list[int]:
     return [
         child
         for child in _children(supervisor)
-        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()
+        if Path(f"/proc/{child}/cmdline").read_text().split("\0")[1:3] == ["-m", "app.worker"]
     ]
 
 
@@ -218,9 +218,12 @@ def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settin
         assert len(workers) == 2
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_text().split("\0")
         assert cmdline[1:3] == ["-m", "app.supervisor"]
-        # uvicorn and the logging set-up alone (~40 MiB); the set-up's process held ~100.
-        assert _rss_mib(process.pid) < 60
+        # Neither the app nor uvicorn nor structlog (~17 MiB); the set-up's process held
+        # ~100, and with uvicorn and structlog it held ~39.
+        assert _rss_mib(process.pid) < 25
         assert all(_rss_mib(worker) > 80 for worker in workers)  # they hold the app
+        # Its only children are the workers (no resource tracker of multiprocessing's).
+        assert sorted(_children(process.pid)) == sorted(workers)
 
         # Each listens on a socket of its own (uvicorn's supervisor shares one).
         listening = [_sockets(worker, port, "0A") for worker in workers]
@@ -276,10 +279,10 @@ def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settin
 # serves, as a C call that never returns does. A regular expression that backtracks
 # without end never releases the lock; only a signal's C handler still runs.
 HANG_ONE_WORKER = """
-import multiprocessing, os, re, sys, threading, time
+import os, re, sys, threading, time
 
 def _hang():
-    while not ("app.main" in sys.modules and multiprocessing.parent_process() is not None):
+    while not ("app.main" in sys.modules and sys.argv[0].endswith("worker.py")):
         time.sleep(0.1)
     time.sleep(3)
     try:
@@ -392,6 +395,45 @@ def test_serve_with_workers_stops_when_the_address_is_taken(settings: Settings, 
     assert refused.returncode == 3, refused.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
     assert "startup complete" not in refused.stderr
+
+
+def test_a_worker_whose_app_cannot_start_exits_with_the_start_up_failure_status(
+    settings: Settings, tmp_path: Path
+):
+    """A worker (`python -m app.worker`, as the supervisor starts it) whose app fails to
+    start exits with uvicorn's start-up failure status, on which the supervisor stops:
+    with any other status it would start one failing worker after another."""
+    import sys
+
+    import uvicorn.config
+    from support import free_port
+
+    from app import supervisor
+
+    assert supervisor.STARTUP_FAILURE == uvicorn.config.STARTUP_FAILURE
+    (tmp_path / "not-a-directory").write_text("")
+    unusable = f"sqlite+aiosqlite:///{tmp_path / 'not-a-directory' / 'errorgraph.db'}"
+    options = {"host": "127.0.0.1", "log_level": "info", "access_log": False}
+    with (tmp_path / "heartbeat").open("w+b") as shared:
+        shared.truncate(8)
+        worker = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.worker",
+                json.dumps(options),
+                str(free_port()),
+                str(shared.fileno()),
+            ],
+            env=cli_env(settings, ERRORGRAPH_DATABASE_URL=unusable),
+            pass_fds=(shared.fileno(),),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shared.read() == bytes(8)  # it never served
+    assert worker.returncode == supervisor.STARTUP_FAILURE, worker.stderr
+    assert "Application startup failed" in worker.stderr
 
 
 def test_default_database_lives_under_data(tmp_path: Path):

@@ -140,6 +140,26 @@ def test_format_follows_the_stream_unless_told():
     assert config["loggers"]["uvicorn.access"]["propagate"] is False
 
 
+def test_the_supervisor_writes_the_workers_shape_without_structlog():
+    """`serve --workers N`'s supervisor formats its lines with the standard library alone
+    (app/supervisor.py): the same keys and values as a worker's structlog lines."""
+    from app.supervisor import LineFormatter
+
+    record = logging.LogRecord(
+        "app.supervisor", logging.WARNING, __file__, 1, "worker [%d] exited", (7,), None
+    )
+    ours = orjson.loads(LineFormatter(as_json=True).format(record))
+    theirs = orjson.loads(build_formatter(json=True).format(record))
+    assert ours.keys() == theirs.keys() == {"event", "timestamp", "level", "logger"}
+    assert {k: v for k, v in ours.items() if k != "timestamp"} == {
+        k: v for k, v in theirs.items() if k != "timestamp"
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", ours["timestamp"])
+    assert ours["timestamp"][:4] == theirs["timestamp"][:4]
+    text = LineFormatter(as_json=False).format(record)
+    assert text.endswith("[warning  ] worker [7] exited [app.supervisor]")
+
+
 def test_served_logs_are_json_lines_without_uvicorn_access_lines(
     settings: Settings, tmp_path: Path
 ):
