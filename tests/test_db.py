@@ -101,46 +101,6 @@ def test_the_schema_revision_is_alembics_head():
     assert head == SCHEMA_REVISION
 
 
-def test_a_process_on_a_migrated_database_does_not_import_alembic(settings: Settings):
-    """A new process (as a worker of `serve` is) on a database at the newest migration
-    starts without Alembic; on an older one it imports Alembic and migrates."""
-    import subprocess
-    import sys
-
-    start = """
-import asyncio, sys
-from app.config import Settings
-from app.services.runtime import Runtime
-
-async def main():
-    runtime = await Runtime.start(Settings(database_url=sys.argv[1], _env_file=None))
-    await runtime.stop()
-    print("alembic" in sys.modules)
-
-asyncio.run(main())
-"""
-
-    def alembic_imported() -> bool:
-        found = subprocess.run(
-            [sys.executable, "-c", start, settings.database_url],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        return found.stdout.split()[-1] == "True"
-
-    assert alembic_imported()  # a new file: migrated
-    assert not alembic_imported()  # at the newest migration
-    path = settings.database_url.split(":///", 1)[1]
-    with sqlite3.connect(path) as connection:
-        connection.execute("UPDATE alembic_version SET version_num = '0004'")
-    assert alembic_imported()  # an older one
-    with sqlite3.connect(path) as connection:
-        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
-    assert revision == (SCHEMA_REVISION,)
-
-
 @pytest.fixture
 def postgres_settings(postgres_url: str) -> Settings:
     return Settings(database_url=postgres_url, _env_file=None)  # type: ignore[call-arg]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gc
+import sqlite3
+import subprocess
+import sys
 
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
+from app.db import SCHEMA_REVISION
 from app.main import create_app
 
 
@@ -27,3 +31,45 @@ async def test_server_processes_freeze_the_start_up_heap(settings: Settings):
 def test_serve_turns_it_on(monkeypatch):
     monkeypatch.setenv("ERRORGRAPH_GC_FREEZE", "true")
     assert Settings(_env_file=None).gc_freeze is True  # type: ignore[call-arg]
+
+
+# A new process, as each worker of `serve` is: the runtime started and stopped, then
+# which of the libraries it may do without it loaded.
+_START = """
+import asyncio, sys
+from app.config import Settings
+from app.services.runtime import Runtime
+
+async def main():
+    runtime = await Runtime.start(Settings(database_url=sys.argv[1], _env_file=None))
+    await runtime.stop()
+    print(" ".join(name for name in ("alembic", "redis") if name in sys.modules))
+
+asyncio.run(main())
+"""
+
+
+def test_a_process_loads_alembic_and_redis_only_when_it_needs_them(settings: Settings):
+    """Alembic only to migrate, the Redis client only for a redis:// pub/sub: each is
+    several MiB in every process (~9 and ~7)."""
+
+    def loaded() -> set[str]:
+        found = subprocess.run(
+            [sys.executable, "-c", _START, settings.database_url],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        return set(found.stdout.split())
+
+    assert settings.broadcast_url == "memory://"
+    assert loaded() == {"alembic"}  # a new file: migrated
+    assert loaded() == set()  # at the newest migration
+    path = settings.database_url.split(":///", 1)[1]
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '0004'")
+    assert loaded() == {"alembic"}  # an older one: migrated again
+    with sqlite3.connect(path) as connection:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert revision == (SCHEMA_REVISION,)

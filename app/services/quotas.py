@@ -28,18 +28,20 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 from limits import RateLimitItem, RateLimitItemPerHour, RateLimitItemPerMinute, parse_many
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
-from redis.asyncio import ConnectionPool
 
 from app.config import Settings
 from app.errors import QuotaExceeded
 from app.models import Project
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,9 @@ class Quotas:
         self._pool: ConnectionPool | None = None
         storage: Storage
         if redis_url:
+            # Imported here alone: a process on memory:// never loads the client (~7 MiB).
+            from redis.asyncio import ConnectionPool
+
             self._pool = ConnectionPool.from_url(
                 redis_url, socket_connect_timeout=REDIS_TIMEOUT, socket_timeout=REDIS_TIMEOUT
             )
