@@ -14,7 +14,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
@@ -132,6 +132,13 @@ async def _domain_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    """The client closed its connection before its body had arrived (a timeout, a process
+    that exits): there is no one to answer and nothing went wrong here. 499, as nginx logs
+    it, so that the request log and the metrics tell these from the server's errors."""
+    return Response(status_code=499)
+
+
 async def _unexpected(_request: Request, exc: Exception) -> Response:
     log.error("unhandled error", exc_info=exc)
     return JSONOut({"detail": "internal server error"}, status_code=500)
@@ -210,6 +217,7 @@ def create_app(
         exception_handlers={
             HTTPException: _http_error,
             ErrorgraphError: _domain_error,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected,
         },
     )

@@ -5,6 +5,7 @@ turn, in order, before their bodies are read."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -80,9 +81,12 @@ class _Call:
         method: str = "POST",
         declared: int | None = None,
         headers: tuple[tuple[bytes, bytes], ...] = (),
+        hang_up: bool = False,
     ) -> None:
-        """`declared`: the `Content-Length` sent, when not the body's."""
+        """`declared`: the `Content-Length` sent, when not the body's; `hang_up`: the client
+        disconnects halfway through its body."""
         self.path, self.body, self.method = path, body, method
+        self.hang_up = hang_up
         self.declared = len(body) if declared is None else declared
         self.headers = headers
         self.body_sent = asyncio.Event()
@@ -115,9 +119,15 @@ class _Call:
             nonlocal delivered
             self.read = True
             if delivered:
+                if self.hang_up:
+                    return {"type": "http.disconnect"}
                 await asyncio.Event().wait()  # the client stays connected
             await self.body_sent.wait()
             delivered = True
+            if self.hang_up:
+                half = self.body[: len(self.body) // 2]
+                self.body_sent.clear()  # the next receive is the disconnect
+                return {"type": "http.request", "body": half, "more_body": True}
             return {"type": "http.request", "body": self.body, "more_body": False}
 
         async def send(message: dict[str, Any]) -> None:
@@ -274,3 +284,34 @@ async def test_a_body_its_route_refuses_is_answered_without_waiting(tmp_path: Pa
         first.body_sent.set()
         await asyncio.wait_for(holding, 30)
         assert first.status == 202
+
+
+async def test_a_client_that_hangs_up_halfway_is_logged_as_499_and_frees_its_share(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A client that disconnects before its body has arrived (an SDK's timeout, a process
+    that exits) is nothing gone wrong here: its request is logged with nginx's 499, not as
+    an unhandled error and a 500, and its share of the budget is given back."""
+    caplog.set_level(logging.INFO)
+    async with _server(tmp_path, budget=64 * 1024) as served:
+        sentry_auth = f"Sentry sentry_key={served.key}, sentry_version=7".encode()
+        calls = [
+            _Call("/api/v1/errors/batch", served.first.body, hang_up=True),
+            _Call(
+                f"/api/{served.project_id}/envelope/",
+                b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n{"type":"event"}\n{}\n',
+                headers=((b"x-sentry-auth", sentry_auth),),
+                hang_up=True,
+            ),
+            _Call("/graphql", b'{"query": "{ __typename }"}', hang_up=True),
+        ]
+        for call in calls:
+            call.body_sent.set()
+            await asyncio.wait_for(call.run(served.asgi), 10)
+            assert call.status == 499, (call.path, call.answer)
+        scrape = _Call("/metrics", b"", method="GET")
+        await asyncio.wait_for(scrape.run(served.asgi), 10)
+        assert _gauge(scrape.answer, "errorgraph_admission_bytes_held") == 0
+    logged = [r.status for r in caplog.records if r.name == "errorgraph.access"]  # type: ignore[attr-defined]
+    assert logged[:3] == [499, 499, 499]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

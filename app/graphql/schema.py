@@ -12,7 +12,7 @@ from typing import Any
 
 import strawberry
 from graphql.error import GraphQLError
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -99,8 +99,6 @@ class GraphQLApp(GraphQL[Context, None]):
             error = {"message": exc.message, "extensions": {"code": code_for(exc)}}
             await JSONResponse({"errors": [error]}, status_code=413)(scope, receive, send)
             return
-        except ClientDisconnect:
-            return  # nobody to answer
         delivered = False
 
         async def replay() -> Message:
