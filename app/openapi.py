@@ -1587,8 +1587,8 @@ its own documented shape, errors included. The GraphQL API is at `/graphql`
 (see `schema.graphql`).
 
 Limits: request bodies `ERRORGRAPH_MAX_BODY_BYTES` (1 MiB; Error Tracker 256 KB; Sentry
-20 MiB; GraphQL 80 MiB), batches `ERRORGRAPH_MAX_BATCH_EVENTS` (100). 429 and 503 carry
-`Retry-After`.
+20 MiB; GraphQL 80 MiB with write credentials), batches `ERRORGRAPH_MAX_BATCH_EVENTS`
+(100). 429 and 503 carry `Retry-After`.
 """
 
 

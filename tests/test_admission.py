@@ -279,7 +279,7 @@ async def test_a_body_its_route_refuses_is_answered_without_waiting(tmp_path: Pa
             "detail": "request body is larger than 1048576 bytes"
         }
         [error] = orjson.loads(refused[-1].answer)["errors"]
-        assert error["message"].startswith("request body is larger than")
+        assert error["message"].startswith("request body is larger than 1048576 bytes; up to")
         assert error["extensions"] == {"code": "BAD_USER_INPUT"}
         first.body_sent.set()
         await asyncio.wait_for(holding, 30)

@@ -610,6 +610,7 @@ def test_each_dialect_refuses_an_announced_oversized_body_unread(live_server: Li
             sourcemaps.MAX_SOURCE_MAP_BYTES + sourcemaps.MAX_FORM_OVERHEAD,
         ),
         ("POST", "/graphql", {"Authorization": f"Bearer {api}"}, MAX_GRAPHQL_BODY_BYTES),
+        ("POST", "/graphql", {}, default),  # larger bodies need credentials that may write
     ]
     assert error_tracker.MAX_BODY_BYTES == 256 * 1024 and 20 * MiB == sentry.MAX_BODY_BYTES
     for method, target, headers, limit in cases:
@@ -617,27 +618,49 @@ def test_each_dialect_refuses_an_announced_oversized_body_unread(live_server: Li
         assert status == 413, (method, target, status)
 
 
-async def test_graphql_stops_reading_a_body_past_its_limit(app_client: AppClient):
-    """A GraphQL body sent without `Content-Length` is read only up to the largest a GraphQL
-    request needs (a source map upload), then refused: strawberry alone reads it all."""
+@pytest.mark.parametrize("credentials", ["admin token", "read-only key", "none"])
+async def test_graphql_stops_reading_a_body_past_its_limit(
+    app_client: AppClient, app_project: CreatedProject, credentials: str
+):
+    """A GraphQL body sent without `Content-Length` is read only up to its limit, then
+    refused (strawberry alone reads it all): the size of the largest source map upload
+    for a caller who may write, `MAX_BODY_BYTES` for anyone else, whose credentials are
+    looked at before the body is read."""
+    settings = app_client.runtime.settings
+    headers = {"Content-Type": "application/json"}
+    if credentials == "admin token":
+        headers["Authorization"] = f"Bearer {app_project.token.secret}"
+        limit = MAX_GRAPHQL_BODY_BYTES
+    elif credentials == "read-only key":
+        key = await create_project_key(
+            sessions=app_client.runtime.database.sessions,
+            project_id=app_project.project.id,
+            scopes=["read"],
+        )
+        headers["Authorization"] = f"Bearer {key.secret}"
+        limit = settings.max_body_bytes
+    else:
+        limit = settings.max_body_bytes
     sent = 0
 
     async def pieces() -> AsyncIterator[bytes]:
         nonlocal sent
-        piece = b" " * MiB
+        piece = b" " * (MiB // 4)
         while sent <= MAX_GRAPHQL_BODY_BYTES + 8 * MiB:
             sent += len(piece)
             yield piece
 
-    response = await app_client.http.post(
-        "/graphql", content=pieces(), headers={"Content-Type": "application/json"}
-    )
+    response = await app_client.http.post("/graphql", content=pieces(), headers=headers)
     assert response.status_code == 413
     [error] = response.json()["errors"]
-    assert error == {
-        "message": f"request body is larger than {MAX_GRAPHQL_BODY_BYTES} bytes",
-        "extensions": {"code": "BAD_USER_INPUT"},
-    }
+    assert error["message"].startswith(f"request body is larger than {limit} bytes")
+    assert error["extensions"] == {"code": "BAD_USER_INPUT"}
+    assert limit < sent <= limit + MiB // 2  # read no further than the limit
+    if limit < MAX_GRAPHQL_BODY_BYTES:
+        assert (
+            f"up to {MAX_GRAPHQL_BODY_BYTES} bytes with credentials that may write"
+            in (error["message"])
+        )
     # An ordinary query after it is answered as ever.
     ok = await app_client.http.post("/graphql", json={"query": "{ __typename }"})
     assert ok.json() == {"data": {"__typename": "Query"}}

@@ -25,7 +25,8 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from app.bodies import read_body
 from app.config import Settings
-from app.errors import ErrorgraphError, PayloadTooLarge
+from app.errors import ErrorgraphError, Forbidden, InvalidKey, PayloadTooLarge
+from app.services import keys as key_service
 from app.services.runtime import Runtime
 from app.services.sourcemaps import MAX_SOURCE_MAP_BYTES
 
@@ -82,21 +83,32 @@ class GraphQLApp(GraphQL[Context, None]):
 
     graphql_transport_ws_handler_class = SharingTransportWSHandler
 
-    def __init__(self, *args: Any, max_body_bytes: int, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, max_body_bytes: int, max_upload_bytes: int, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.fanout = FanOut()
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry reads a POST's whole body, however large; this reads it first, and
-        refuses it (413) past `max_body_bytes`, before it fills the process's memory."""
+        refuses it (413) past its limit, before it fills the process's memory."""
         if scope["type"] != "http" or scope["method"] != "POST":
             await super().__call__(scope, receive, send)
             return
+        request = Request(scope, receive)
+        limit = await self._body_limit(request)
         try:
-            body = await read_body(Request(scope, receive), limit=self.max_body_bytes)
+            body = await read_body(request, limit=limit)
         except PayloadTooLarge as exc:
-            error = {"message": exc.message, "extensions": {"code": code_for(exc)}}
+            message = exc.message
+            if limit < self.max_upload_bytes:
+                message += (
+                    f"; up to {self.max_upload_bytes} bytes with credentials that may write "
+                    "(uploadSourceMap)"
+                )
+            error = {"message": message, "extensions": {"code": code_for(exc)}}
             await JSONResponse({"errors": [error]}, status_code=413)(scope, receive, send)
             return
         delivered = False
@@ -109,6 +121,23 @@ class GraphQLApp(GraphQL[Context, None]):
             return {"type": "http.request", "body": body, "more_body": False}
 
         await super().__call__(scope, replay, send)
+
+    async def _body_limit(self, request: Request) -> int:
+        """`max_body_bytes` for anyone; `max_upload_bytes`, which only a source map needs,
+        for callers who may write. Their credentials are looked at before the body is read
+        (and only for a body that may be larger than `max_body_bytes`), so that a caller
+        without them cannot make the process read tens of MiB it will refuse anyway."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) <= self.max_body_bytes:
+            return self.max_body_bytes
+        runtime: Runtime = request.app.state.runtime
+        try:
+            viewer = await key_service.viewer_for_secret(
+                sessions=runtime.database.sessions, secret=bearer_secret(request.headers)
+            )
+        except (InvalidKey, Forbidden):
+            return self.max_body_bytes
+        return self.max_upload_bytes if viewer.may("write") else self.max_body_bytes
 
     async def render_graphql_ide(self, request: Request) -> Response:
         page = graphiql_page()
@@ -157,5 +186,9 @@ def graphql_app(settings: Settings) -> GraphQLApp:
         # origin gains nothing it could not do itself: dashboards may live anywhere.
         "allowed_origins": ("*",),
     }
-    limit = max(settings.max_body_bytes, MAX_GRAPHQL_BODY_BYTES)
-    return GraphQLApp(schema, max_body_bytes=limit, **options)
+    return GraphQLApp(
+        schema,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=max(settings.max_body_bytes, MAX_GRAPHQL_BODY_BYTES),
+        **options,
+    )
