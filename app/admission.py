@@ -91,8 +91,8 @@ _WITHOUT_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 
 class AdmissionMiddleware:
     """Holds the first read of each HTTP request's body until `budget` has room for it
-    (see the module docstring); without a budget every body is read at once. The budget is made by
-    the app's factory, which also shows it in the metrics."""
+    (see the module docstring); without a budget every body is read at once. The budget
+    is made by the app's factory, which also shows it in the metrics."""
 
     def __init__(self, app: ASGIApp, *, budget: BodyBudget | None) -> None:
         self.app = app
