@@ -40,7 +40,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -384,7 +383,6 @@ class AlertDispatcher:
         self._settings = settings
         self._clock = clock
         self.stats = AlertStats()
-        self._http: httpx.AsyncClient | None = None
         self._senders: Senders | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: set[int] = set()
@@ -392,8 +390,7 @@ class AlertDispatcher:
         self._limit = asyncio.Semaphore(MAX_CONCURRENT_SENDS)
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(follow_redirects=False)
-        self._senders = Senders(settings=self._settings, http=self._http)
+        self._senders = Senders(settings=self._settings)
         subscribed = asyncio.Event()
         self._background = [
             asyncio.create_task(self._consume(subscribed), name="errorgraph-alerts"),
@@ -416,9 +413,8 @@ class AlertDispatcher:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        if self._senders is not None:
+            await self._senders.aclose()
 
     async def idle(self) -> None:
         """Wait until no notification is being sent by this process."""

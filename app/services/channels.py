@@ -17,12 +17,12 @@ import email.utils
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any, Literal
-
-import aiosmtplib
-import httpx
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.config import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 ChannelName = Literal["email", "postmark", "webhook", "slack"]
 CHANNELS: tuple[ChannelName, ...] = ("email", "postmark", "webhook", "slack")
@@ -78,11 +78,27 @@ def _http_failure(response: httpx.Response, what: str) -> ChannelError:
 
 
 class Senders:
-    """The channels, with the server's mail settings and one shared HTTP client."""
+    """The channels, with the server's mail settings and one shared HTTP client.
 
-    def __init__(self, *, settings: Settings, http: httpx.AsyncClient) -> None:
+    The client, and the SMTP and HTTP libraries, are loaded at the first message that
+    needs them: most servers never send one, and httpx with its TLS context held ~8 MiB
+    in every process."""
+
+    def __init__(self, *, settings: Settings) -> None:
         self._settings = settings
-        self._http = http
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(follow_redirects=False)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def send(
         self,
@@ -108,8 +124,10 @@ class Senders:
     async def _post(
         self, url: str, body: dict[str, Any], headers: dict[str, str], what: str
     ) -> None:
+        import httpx
+
         try:
-            response = await self._http.post(
+            response = await self._client().post(
                 url, json=body, headers=headers, timeout=self._settings.alert_send_timeout
             )
         except httpx.HTTPError as exc:
@@ -125,8 +143,10 @@ class Senders:
                 permanent=True,
             )
         url = settings.postmark_api_url.rstrip("/") + "/email"
+        import httpx
+
         try:
-            response = await self._http.post(
+            response = await self._client().post(
                 url,
                 json={
                     "From": settings.postmark_from_email,
@@ -167,6 +187,8 @@ class Senders:
         message["Message-ID"] = email.utils.make_msgid(domain="errorgraph")
         message.set_content(notification.text)
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        import aiosmtplib
+
         try:
             await aiosmtplib.send(
                 message,
