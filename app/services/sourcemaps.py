@@ -12,8 +12,9 @@ events that need no map, which are most of them, so each process keeps a small c
 
 - per (project, release), which URLs have maps: read once, then trusted for
   `INDEX_TTL` seconds. A release without maps is remembered too, so a JavaScript event
-  of such a release costs no query. An upload or delete in this process drops the
-  entry at once; another process sees the change within `INDEX_TTL`.
+  of such a release costs no query. Requests that miss it together wait for one query.
+  An upload or delete in this process drops the entry at once (and a query under way
+  then stores nothing); another process sees the change within `INDEX_TTL`.
 - the parsed maps themselves, the `MAX_LOADED` most recently used, keyed by map id and
   upload time (a replaced map is parsed again).
 
@@ -30,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -95,12 +97,18 @@ _Index = dict[str, tuple[int, datetime]]
 class _Cache:
     clock: Callable[[], float] = time.monotonic
     indexes: dict[tuple[int, str], tuple[float, _Index]] = field(default_factory=dict)
+    # The index queries under way: requests that miss the cache together wait for one
+    # query instead of each making its own (every request of the first moments under
+    # load, and again each time an entry expires).
+    reading: dict[tuple[int, str], asyncio.Future[_Index]] = field(default_factory=dict)
     loaded: OrderedDict[tuple[int, datetime], LoadedSourceMap | None] = field(
         default_factory=OrderedDict
     )
 
     def forget(self, project_id: int, release: str) -> None:
         self.indexes.pop((project_id, release), None)
+        # A query under way may predate the change: the next request makes a new one.
+        self.reading.pop((project_id, release), None)
 
 
 # The cache of the database behind a session factory (tests set its clock).
@@ -109,10 +117,29 @@ cache_for = PerDatabase(_Cache)
 
 async def _release_index(sessions: Sessions, project_id: int, release: str) -> _Index:
     cache = cache_for(sessions)
-    now = cache.clock()
-    cached = cache.indexes.get((project_id, release))
-    if cached is not None and cached[0] > now:
+    key = (project_id, release)
+    cached = cache.indexes.get(key)
+    if cached is not None and cached[0] > cache.clock():
         return cached[1]
+    reading = cache.reading.get(key)
+    if reading is None:
+        reading = cache.reading[key] = asyncio.ensure_future(
+            _read_index(sessions, cache, project_id, release)
+        )
+        reading.add_done_callback(partial(_read, cache, key))
+    # Shielded: a waiter that is cancelled (its client left) leaves the query to the others.
+    return await asyncio.shield(reading)
+
+
+def _read(cache: _Cache, key: tuple[int, str], reading: asyncio.Future[_Index]) -> None:
+    if cache.reading.get(key) is reading:
+        del cache.reading[key]
+    if not reading.cancelled():
+        reading.exception()  # its waiters have it; retrieved even when they all left
+
+
+async def _read_index(sessions: Sessions, cache: _Cache, project_id: int, release: str) -> _Index:
+    now = cache.clock()
     async with sessions() as session:
         rows = await session.execute(
             sa.select(TABLE.c.id, TABLE.c.url, TABLE.c.created_at)
@@ -121,7 +148,8 @@ async def _release_index(sessions: Sessions, project_id: int, release: str) -> _
         )
         # Later uploads win when two URLs come down to the same key.
         index: _Index = {stored_key(url): (map_id, created) for map_id, url, created in rows}
-    cache.indexes[(project_id, release)] = (now + INDEX_TTL, index)
+    if cache.reading.get((project_id, release)) is asyncio.current_task():  # not forgotten
+        cache.indexes[(project_id, release)] = (now + INDEX_TTL, index)
     return index
 
 

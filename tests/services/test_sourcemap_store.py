@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from app.domain.event import EventIn
 from app.errors import InvalidInput
@@ -107,6 +110,64 @@ async def test_another_process_is_seen_within_the_ttl(runtime, project: CreatedP
         sessions=sessions, project_id=project_id, release="1", urls=[BUNDLE_URL]
     )
     assert list(later) == [BUNDLE_URL]
+
+
+async def test_requests_that_miss_together_share_one_query(runtime, project: CreatedProject):
+    """Under load every request of the first moments misses the index at once, and again
+    whenever an entry expires: they wait for one query, and a waiter that leaves (its
+    client hung up) leaves it to the others."""
+    sessions = runtime.database.sessions
+    project_id = project.project.id
+    await service.store_source_map(
+        sessions=sessions, project_id=project_id, release="1", url=BUNDLE_URL, content=map_bytes()
+    )
+    queries: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "FROM source_map" in statement:
+            queries.append(statement)
+
+    engine = runtime.database.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        service.cache_for(sessions).forget(project_id, "1")
+        lookups = [
+            asyncio.ensure_future(service._release_index(sessions, project_id, "1"))
+            for _ in range(20)
+        ]
+        await asyncio.sleep(0)
+        lookups[0].cancel()
+        indexes = await asyncio.gather(*lookups[1:])
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    assert len(queries) == 1
+    assert all(index == indexes[0] and len(index) == 1 for index in indexes)
+    assert lookups[0].cancelled()
+    assert service.cache_for(sessions).reading == {}
+
+
+async def test_a_query_under_way_when_a_map_is_stored_is_not_cached(
+    runtime, project: CreatedProject
+):
+    """An upload drops the release's entry at once; a query that started before it may have
+    read the old rows, so it answers its waiters but stores nothing, and the next
+    request reads again and sees the new map."""
+    sessions = runtime.database.sessions
+    project_id = project.project.id
+    cache = service.cache_for(sessions)
+    before = asyncio.ensure_future(service._release_index(sessions, project_id, "1"))
+    await asyncio.sleep(0)  # its query has started
+    assert (project_id, "1") in cache.reading
+    cache.forget(project_id, "1")  # as an upload does
+    assert await before == {}
+    assert (project_id, "1") not in cache.indexes
+    await service.store_source_map(
+        sessions=sessions, project_id=project_id, release="1", url=BUNDLE_URL, content=map_bytes()
+    )
+    maps = await service.maps_for(
+        sessions=sessions, project_id=project_id, release="1", urls=[BUNDLE_URL]
+    )
+    assert list(maps) == [BUNDLE_URL]
 
 
 async def test_parsed_maps_are_reused_and_bounded(runtime, project: CreatedProject, monkeypatch):
