@@ -8,13 +8,24 @@ from starlette.requests import Request
 from app.errors import PayloadTooLarge
 
 
+def declared_length(request: Request) -> int | None:
+    """The body's size as its `Content-Length` declares it; None without a usable one."""
+    value = request.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def refuse_declared_over(request: Request, limit: int) -> None:
+    """413 for a body that declares more than `limit` bytes, before a byte is read, so
+    that such a request is never admitted (app/admission.py)."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+
+
 async def read_body(request: Request, *, limit: int) -> bytes:
     """The request body, refusing (413) as soon as it passes `limit` bytes: from the
-    declared `Content-Length` before a byte is read, so that such a request is never
-    admitted (app/admission.py), or as the body arrives when it has none."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    declared `Content-Length`, or as the body arrives when it has none."""
+    refuse_declared_over(request, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

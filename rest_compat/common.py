@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.bodies import refuse_declared_over
 from app.errors import (
     ErrorgraphError,
     Forbidden,
@@ -405,9 +406,7 @@ async def iter_decoded_body(
     one piece of memory, never its full expansion. 400 for an unknown coding or data
     that does not decode.
     """
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    refuse_declared_over(request, limit)
     decoder = BodyDecoder(request.headers.get("content-encoding"))
     received = produced = 0
 

@@ -23,7 +23,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from strawberry.tools import merge_types
 from strawberry.types.unset import UNSET, UnsetType
 
-from app.bodies import read_body
+from app.bodies import declared_length, read_body
 from app.config import Settings
 from app.errors import ErrorgraphError, Forbidden, InvalidKey, PayloadTooLarge
 from app.services import keys as key_service
@@ -127,8 +127,8 @@ class GraphQLApp(GraphQL[Context, None]):
         for callers who may write. Their credentials are looked at before the body is read
         (and only for a body that may be larger than `max_body_bytes`), so that a caller
         without them cannot make the process read tens of MiB it will refuse anyway."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) <= self.max_body_bytes:
+        declared = declared_length(request)
+        if declared is not None and declared <= self.max_body_bytes:
             return self.max_body_bytes
         runtime: Runtime = request.app.state.runtime
         try:

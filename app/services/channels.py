@@ -88,12 +88,17 @@ class Senders:
         self._settings = settings
         self._http: httpx.AsyncClient | None = None
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            import httpx
+    async def _http_post(self, url: str, failed: str, **options: Any) -> httpx.Response:
+        """POST through the shared client, made here the first time; a failure to get an
+        answer becomes a ChannelError worth retrying, `failed` saying what failed."""
+        import httpx
 
+        if self._http is None:
             self._http = httpx.AsyncClient(follow_redirects=False)
-        return self._http
+        try:
+            return await self._http.post(url, timeout=self._settings.alert_send_timeout, **options)
+        except httpx.HTTPError as exc:
+            raise ChannelError(f"{failed}: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -124,14 +129,7 @@ class Senders:
     async def _post(
         self, url: str, body: dict[str, Any], headers: dict[str, str], what: str
     ) -> None:
-        import httpx
-
-        try:
-            response = await self._client().post(
-                url, json=body, headers=headers, timeout=self._settings.alert_send_timeout
-            )
-        except httpx.HTTPError as exc:
-            raise ChannelError(f"{what} at {url} failed: {type(exc).__name__}: {exc}") from exc
+        response = await self._http_post(url, f"{what} at {url} failed", json=body, headers=headers)
         if response.status_code >= 300:
             raise _http_failure(response, what)
 
@@ -142,27 +140,21 @@ class Senders:
                 "Postmark is not configured: set POSTMARK_API_TOKEN and POSTMARK_FROM_EMAIL",
                 permanent=True,
             )
-        url = settings.postmark_api_url.rstrip("/") + "/email"
-        import httpx
-
-        try:
-            response = await self._client().post(
-                url,
-                json={
-                    "From": settings.postmark_from_email,
-                    "To": ", ".join(to),
-                    "Subject": notification.subject,
-                    "TextBody": notification.text,
-                    "MessageStream": "outbound",
-                },
-                headers={
-                    "Accept": "application/json",
-                    "X-Postmark-Server-Token": settings.postmark_api_token.get_secret_value(),
-                },
-                timeout=settings.alert_send_timeout,
-            )
-        except httpx.HTTPError as exc:
-            raise ChannelError(f"Postmark failed: {type(exc).__name__}: {exc}") from exc
+        response = await self._http_post(
+            settings.postmark_api_url.rstrip("/") + "/email",
+            "Postmark failed",
+            json={
+                "From": settings.postmark_from_email,
+                "To": ", ".join(to),
+                "Subject": notification.subject,
+                "TextBody": notification.text,
+                "MessageStream": "outbound",
+            },
+            headers={
+                "Accept": "application/json",
+                "X-Postmark-Server-Token": settings.postmark_api_token.get_secret_value(),
+            },
+        )
         if response.status_code != 200:
             raise _http_failure(response, "Postmark")
         try:
