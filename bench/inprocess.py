@@ -6,11 +6,15 @@ no HTTP server and no load generator on the cores.
     .venv/bin/python bench/inprocess.py --count 4000 --without scrubbing
     .venv/bin/python bench/inprocess.py --count 4000 --until models
     .venv/bin/python bench/inprocess.py --count 20000 --shape batch
+    .venv/bin/python bench/inprocess.py --count 4000 \
+        --postgres postgresql://postgres@127.0.0.1:5432/postgres
 
 Prints events/s, the process's CPU per event and the event loop thread's. `--shape batch`
 sends Proliferate batches of 100 instead of envelopes (`--until` applies to envelopes). With
 `--without PIECE` that piece is switched off (its function replaced by one that returns
-its input), to see what it costs where it runs; with `--until STAGE` the envelope
+its input), to see what it costs where it runs; with `--postgres URL` the app runs on a
+new database of that server (dropped after), and the figures are this process's alone,
+without the server's; with `--until STAGE` the envelope
 endpoint stops after that stage (`STAGES`), to see what the stages up to it cost. Small
 benchmarks looping over many events misjudge memory-bound work, and profilers misjudge
 many small calls. Runs of the same code differ by ±5 % on a shared machine: compare
@@ -24,6 +28,7 @@ import asyncio
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,46 +152,87 @@ async def measure(
     warm_up: int = 200,
     envelope_app: Any = None,
     shape: str = "sentry",
+    postgres: str | None = None,
 ) -> None:
     with tempfile.TemporaryDirectory() as workdir:
-        settings = Settings(
-            database_url=f"sqlite+aiosqlite:///{workdir}/bench.db",
-            broadcast_url="memory://",
-            gc_freeze=True,
-            client_rate_limits={"default": "", "error_tracker": ""},
-            _env_file=None,  # type: ignore[call-arg]
+        database_url = f"sqlite+aiosqlite:///{workdir}/bench.db"
+        if postgres is not None:
+            database_url = await _new_database(postgres)
+        try:
+            await _measure(database_url, count, concurrency, warm_up, envelope_app, shape)
+        finally:
+            if postgres is not None:
+                await _drop_database(postgres, database_url)
+
+
+async def _new_database(server: str) -> str:
+    import asyncpg
+
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"{server.rpartition('/')[0]}/{name}"
+
+
+async def _drop_database(server: str, url: str) -> None:
+    import asyncpg
+
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rpartition("/")[2]}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _measure(
+    database_url: str,
+    count: int,
+    concurrency: int,
+    warm_up: int,
+    envelope_app: Any,
+    shape: str,
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        broadcast_url="memory://",
+        gc_freeze=True,
+        client_rate_limits={"default": "", "error_tracker": ""},
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    app = create_app(settings)
+    if envelope_app is not None:
+        for route in app.router.routes:
+            if getattr(route, "path", "").endswith("/envelope/"):
+                route.app = envelope_app  # type: ignore[attr-defined]
+    async with LifespanManager(app) as manager:
+        runtime = app.state.runtime
+        created = await create_project(sessions=runtime.database.sessions, name="bench")
+        target = loadgen.Target(
+            "http://in-process", created.project.id, created.ingest_key.secret, shape
         )
-        app = create_app(settings)
-        if envelope_app is not None:
-            for route in app.router.routes:
-                if getattr(route, "path", "").endswith("/envelope/"):
-                    route.app = envelope_app  # type: ignore[attr-defined]
-        async with LifespanManager(app) as manager:
-            runtime = app.state.runtime
-            created = await create_project(sessions=runtime.database.sessions, name="bench")
-            target = loadgen.Target(
-                "http://in-process", created.project.id, created.ingest_key.secret, shape
-            )
-            requests = loadgen.build_requests(target, count=count + warm_up, signatures=100)
-            first = max(1, warm_up // requests[0].events)  # warm up with ~`warm_up` events
-            await asyncio.gather(*(_send(manager.app, r) for r in requests[:first]))
-            pending = iter(requests[first:])
+        requests = loadgen.build_requests(target, count=count + warm_up, signatures=100)
+        first = max(1, warm_up // requests[0].events)  # warm up with ~`warm_up` events
+        await asyncio.gather(*(_send(manager.app, r) for r in requests[:first]))
+        pending = iter(requests[first:])
 
-            async def client() -> None:
-                for request in pending:
-                    status = await _send(manager.app, request)
-                    assert status in (200, 202), status
+        async def client() -> None:
+            for request in pending:
+                status = await _send(manager.app, request)
+                assert status in (200, 202), status
 
-            started, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
-            await asyncio.gather(*(client() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - started
-            events = sum(r.events for r in requests[first:])
-            per_event: Callable[[float], str] = lambda seconds: f"{seconds * 1e3 / events:.3f}"  # noqa: E731
-            print(
-                f"{events / elapsed:,.0f} events/s · process CPU "
-                f"{per_event(time.process_time() - cpu)} ms/event · event loop thread "
-                f"{per_event(time.thread_time() - loop_cpu)} ms/event"
-            )
+        started, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        events = sum(r.events for r in requests[first:])
+        per_event: Callable[[float], str] = lambda seconds: f"{seconds * 1e3 / events:.3f}"  # noqa: E731
+        print(
+            f"{events / elapsed:,.0f} events/s · process CPU "
+            f"{per_event(time.process_time() - cpu)} ms/event · event loop thread "
+            f"{per_event(time.thread_time() - loop_cpu)} ms/event"
+        )
 
 
 def main() -> None:
@@ -195,6 +241,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--shape", choices=("sentry", "batch"), default="sentry")
     parser.add_argument("--without", choices=PIECES, action="append", default=[])
+    parser.add_argument("--postgres", help="a PostgreSQL server's URL (a database is made)")
     parser.add_argument(
         "--until", choices=STAGES, default="commit", help="cut the endpoint short after this"
     )
@@ -202,7 +249,15 @@ def main() -> None:
     envelope_app = _stop_at(args.until)
     for piece in args.without:
         _switch_off(piece)
-    asyncio.run(measure(args.count, args.concurrency, envelope_app=envelope_app, shape=args.shape))
+    asyncio.run(
+        measure(
+            args.count,
+            args.concurrency,
+            envelope_app=envelope_app,
+            shape=args.shape,
+            postgres=args.postgres,
+        )
+    )
 
 
 if __name__ == "__main__":

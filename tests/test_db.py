@@ -258,6 +258,51 @@ async def test_postgres_writer_commits_a_batch_while_another_waits(
         await runtime.stop()
 
 
+@pytest.mark.postgres
+async def test_postgres_ingest_and_reads_go_on_after_the_server_drops_every_connection(
+    postgres_settings: Settings, postgres_url: str
+):
+    """PostgreSQL restarted, or a proxy dropped idle connections: every pooled connection
+    is dead. The next batch is still written and answered (the writer's connections are
+    not pinged before each use: it writes the batch again on a new one), and the next
+    read is answered (the pool of the other sessions pings each connection first)."""
+    import asyncpg
+
+    runtime = await Runtime.start(postgres_settings)
+    try:
+        project = (await create_project(sessions=runtime.database.sessions, name="pg")).project
+        await ingest_events(writer=runtime.writer, project=project, events=[make_event(1)])
+        async with runtime.database.sessions() as session:
+            assert (await session.scalars(select(Group.count))).all() == [1]
+
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            dropped = await admin.fetch(
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert len(dropped) >= 2  # the writer's connection and the reads'
+            pids = [row["pid"] for row in dropped]
+            deadline = time.monotonic() + 10
+            while await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])", pids
+            ):
+                assert time.monotonic() < deadline, "the backends did not exit"
+                await asyncio.sleep(0.05)
+        finally:
+            await admin.close()
+
+        [again] = await ingest_events(
+            writer=runtime.writer, project=project, events=[make_event(1)]
+        )
+        assert again.status == "existing"
+        async with runtime.database.sessions() as session:
+            assert (await session.scalars(select(Group.count))).all() == [2]
+            assert len((await session.scalars(select(Event.id))).all()) == 2
+    finally:
+        await runtime.stop()
+
+
 async def test_the_batch_writer_takes_the_write_lock_up_front_on_its_own_engine(
     runtime: Runtime, project: CreatedProject
 ):

@@ -42,6 +42,7 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from app import metrics
 from app.db import Database, WriterTurns
@@ -605,8 +606,22 @@ class BatchWriter:
             )
             self._database.wrote()
             return written
-        async with self._database.write_sessions.begin() as session:
-            conn = await session.connection()
+        engine = self._database.batch_engine
+        if engine is None:
+            async with self._database.write_sessions.begin() as session:
+                conn = await session.connection()
+                return await conn.run_sync(_write_batch, batch, received)
+        try:
+            async with engine.begin() as conn:
+                return await conn.run_sync(_write_batch, batch, received)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # Its connections are not pinged before use (see app.db): this one had gone,
+            # and the pool has dropped it with every connection as old. Nothing was kept
+            # (an event a lost commit did keep is found by its id and not counted twice).
+            log.warning("ingest: the database connection was lost; writing the batch again")
+        async with engine.begin() as conn:
             return await conn.run_sync(_write_batch, batch, received)
 
 
