@@ -22,6 +22,7 @@ from app.config import Settings
 from app.db import (
     SCHEMA_REVISION,
     Checkpointer,
+    WriterTurns,
     alembic_config,
     create_database,
     upgrade_database,
@@ -399,6 +400,63 @@ async def test_the_checkpointer_checkpoints_once_more_when_closed(tmp_path: Path
     await asyncio.to_thread(checkpointer.close)
     assert path.stat().st_size > 400 * 2000
     connection.close()
+
+
+async def test_the_checkpointer_empties_a_wal_longer_than_its_limit(tmp_path: Path):
+    """Past `limit` pages the WAL is copied and emptied, not only copied: a passive
+    checkpoint leaves the file as long as it was."""
+    path = tmp_path / "x.db"
+    wal = tmp_path / "x.db-wal"
+    connection = _fill_with_autocheckpoint_off(path)  # ~200 pages
+    checkpointer = Checkpointer(path, interval=0.01, limit=50)
+    try:
+        checkpointer.poke()
+        assert await _until(lambda: wal.stat().st_size == 0)
+        assert path.stat().st_size > 400 * 2000
+        assert connection.execute("SELECT count(*) FROM blob").fetchone() == (400,)
+    finally:
+        checkpointer.close()
+        connection.close()
+
+
+async def test_the_checkpointer_leaves_a_short_wal_to_be_reused(tmp_path: Path):
+    path = tmp_path / "x.db"
+    wal = tmp_path / "x.db-wal"
+    connection = _fill_with_autocheckpoint_off(path)
+    checkpointer = Checkpointer(path, interval=0.01, limit=10_000)
+    try:
+        checkpointer.poke()
+        assert await _until(lambda: path.stat().st_size > 400 * 2000)
+        assert wal.stat().st_size > 400 * 2000  # copied, not emptied
+    finally:
+        checkpointer.close()
+        connection.close()
+
+
+def test_the_wal_stays_short_while_a_writer_never_stops(tmp_path: Path):
+    """A writer that commits without a pause, as the batch writer does under a steady
+    load: every passive checkpoint runs while it writes, so SQLite never starts the WAL
+    over, and it used to grow with everything written. The checkpointer's truncation
+    keeps it near its limit."""
+    path = tmp_path / "x.db"
+    wal = tmp_path / "x.db-wal"
+    connection = _fill_with_autocheckpoint_off(path, rows=1)
+    turns = WriterTurns(path)
+    checkpointer = Checkpointer(path, turns=turns, interval=0.005, limit=256)  # 1 MiB
+    longest = 0
+    try:
+        for _ in range(300):  # 300 transactions of 100 KB: 30 MB written
+            with turns, connection:  # as the batch writer takes its turns
+                connection.executemany("INSERT INTO blob VALUES (?)", [("y" * 2000,)] * 50)
+            checkpointer.poke()
+            longest = max(longest, wal.stat().st_size)
+            time.sleep(0.0005)  # the batch writer goes back to the event loop for its next
+    finally:
+        checkpointer.close()
+        turns.close()
+    assert connection.execute("SELECT count(*) FROM blob").fetchone() == (15_001,)
+    connection.close()
+    assert longest < 12_000_000, f"the WAL reached {longest:,} bytes"
 
 
 async def test_the_batch_writer_leaves_checkpoints_to_the_checkpointer(
