@@ -35,6 +35,8 @@ from collections import deque
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.bodies import declared_length
+
 
 class BodyBudget:
     """Bytes held by the requests in flight, and the requests waiting for room, first
@@ -103,7 +105,7 @@ class AdmissionMiddleware:
         if budget is None or scope["type"] != "http" or scope["method"] in _WITHOUT_BODY:
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = declared_length(scope)
         if declared == 0:
             await self.app(scope, receive, send)
             return
@@ -129,10 +131,3 @@ class AdmissionMiddleware:
         finally:
             if admitted:
                 budget.release(charged)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None

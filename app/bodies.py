@@ -4,20 +4,25 @@ that no route reads more than it takes before it refuses."""
 from __future__ import annotations
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from app.errors import PayloadTooLarge
 
 
-def declared_length(request: Request) -> int | None:
-    """The body's size as its `Content-Length` declares it; None without a usable one."""
-    value = request.headers.get("content-length")
-    return int(value) if value and value.isdigit() else None
+def declared_length(scope: Scope) -> int | None:
+    """The body's size as its `Content-Length` declares it; None without a usable one.
+    Read off the ASGI scope, so that the admission middleware, which has no request
+    object, reads it the same way."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def refuse_declared_over(request: Request, limit: int) -> None:
     """413 for a body that declares more than `limit` bytes, before a byte is read, so
     that such a request is never admitted (app/admission.py)."""
-    declared = declared_length(request)
+    declared = declared_length(request.scope)
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
 

@@ -12,8 +12,8 @@ runs each batch's whole transaction in one call to a worker thread (see
 trip through the event loop.
 
 On PostgreSQL it has a small engine of its own too, whose connections are not pinged
-before each use: the ping (`BEGIN`, `;`, `ROLLBACK`, three round trips) came before every
-batch and cost ~8 % of a process's CPU per Sentry envelope. A batch that meets a dead
+before each use: the ping (`BEGIN`, `;`, `ROLLBACK`) added three round trips to every
+batch, which count most where the database is across a network. A batch that meets a dead
 connection (the server restarted, a proxy dropped it) is written again on a new one; the
 pool of every other session still pings, since a read cannot be tried again that simply.
 """

@@ -127,7 +127,7 @@ class GraphQLApp(GraphQL[Context, None]):
         for callers who may write. Their credentials are looked at before the body is read
         (and only for a body that may be larger than `max_body_bytes`), so that a caller
         without them cannot make the process read tens of MiB it will refuse anyway."""
-        declared = declared_length(request)
+        declared = declared_length(request.scope)
         if declared is not None and declared <= self.max_body_bytes:
             return self.max_body_bytes
         runtime: Runtime = request.app.state.runtime
