@@ -108,6 +108,32 @@ async def test_limits(gql: GQL):
     aliases = "{ " + " ".join(f"a{i}: projects {{ id }}" for i in range(40)) + " }"
     error = await gql.error(aliases)
     assert "aliases" in error["message"]
+    # Validation results are cached by query text: the limits hold the second time too.
+    assert "exceeds maximum operation depth" in (await gql.error(deep))["message"]
+    assert "aliases" in (await gql.error(aliases))["message"]
+
+
+async def test_a_query_text_is_parsed_and_validated_once(gql: GQL, monkeypatch):
+    """Validating costs more than reading a page of groups; the limits' rules must stay
+    the same classes from request to request, or every request misses the cache."""
+    import strawberry.schema.schema as executor
+
+    calls = {"parse": 0, "validate": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    # Strawberry's own parse runs only when no cache gave the document.
+    monkeypatch.setattr(executor, "parse", counted("parse", executor.parse))
+    monkeypatch.setattr(executor, "validate", counted("validate", executor.validate))
+    query = "query Once($first: Int) { groups(first: $first) { totalCount } }"
+    for first in (1, 2, 3):
+        await gql(query, {"first": first})
+    assert calls == {"parse": 0, "validate": 1}
 
 
 async def test_get_queries_but_not_mutations(gql: GQL, app_project):
