@@ -131,8 +131,9 @@ class Settings(BaseSettings):
     # processes; off elsewhere, since a frozen heap is never collected (tests build many
     # apps in one process).
     gc_freeze: bool = False
-    # How long a process trusts a project key it looked up (and its project's settings);
-    # changes made through another process take effect here within this time. 0: never.
+    # How long a process trusts a project key or API token it looked up (and a key's
+    # project's settings); changes made through another process take effect here within
+    # this time. 0: never.
     key_cache_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     # The batch writer: how many events one transaction takes at most, and how long the

@@ -14,6 +14,9 @@ effect here with the next request (the entries are dropped); another process see
 within that time. Unknown keys are never remembered: each guess costs a query, and the
 per-address limit bounds the guesses. Revocation times and scopes are checked on every
 request, cached or not.
+
+API tokens are remembered the same way and for as long: every GraphQL request presents
+one, and looking it up was one of the three sessions a list of issues opened.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -46,6 +49,8 @@ TOKEN_SCOPES = ("read", "write", "admin")
 INGEST_KEY_PREFIX = "pk_"
 API_KEY_PREFIX = "sk_"
 TOKEN_PREFIX = "egt_"
+
+V = TypeVar("V")
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -109,24 +114,21 @@ class KeyGrant:
 
 
 @dataclass
-class KeyCache:
-    """The keys one process found lately, per database (see the module's docstring)."""
+class SecretCache(Generic[V]):
+    """What one process found lately for each secret's digest, per database (see the
+    module's docstring): a key with its project, or a token's grant."""
 
     seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
     max_entries: int = 10_000
-    entries: dict[str, tuple[float, ProjectKey, Project]] = dataclasses.field(default_factory=dict)
+    entries: dict[str, tuple[float, V]] = dataclasses.field(default_factory=dict)
 
     # Lookups in flight by digest: when an entry expires, every request then in flight
-    # with the key waits for one query instead of each sending its own (32 clients sent
-    # 32 at once, every `seconds`).
-    pending: dict[str, asyncio.Future[tuple[ProjectKey, Project] | None]] = dataclasses.field(
-        default_factory=dict
-    )
+    # with the secret waits for one query instead of each sending its own (32 clients
+    # sent 32 at once, every `seconds`).
+    pending: dict[str, asyncio.Future[V | None]] = dataclasses.field(default_factory=dict)
 
-    async def look_up(
-        self, digest: str, load: Callable[[], Awaitable[tuple[ProjectKey, Project] | None]]
-    ) -> tuple[ProjectKey, Project] | None:
+    async def look_up(self, digest: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
         """`load()`, shared with the callers that ask for `digest` while it runs."""
         pending = self.pending.get(digest)
         if pending is None:
@@ -136,29 +138,35 @@ class KeyCache:
         # One caller giving up (a client gone) does not cancel the others' lookup.
         return await asyncio.shield(pending)
 
-    def get(self, digest: str) -> tuple[ProjectKey, Project] | None:
+    def get(self, digest: str) -> V | None:
         found = self.entries.get(digest)
         if found is None:
             return None
         if found[0] <= self.clock():
             del self.entries[digest]
             return None
-        return found[1], found[2]
+        return found[1]
 
-    def put(self, digest: str, key: ProjectKey, project: Project) -> None:
+    def put(self, digest: str, value: V) -> None:
         if self.seconds <= 0:
             return
         if len(self.entries) >= self.max_entries:
             self.entries.clear()
-        self.entries[digest] = (self.clock() + self.seconds, key, project)
+        self.entries[digest] = (self.clock() + self.seconds, value)
 
-    def forget_project(self, project_id: int) -> None:
-        for digest in [d for d, (_, _, p) in self.entries.items() if p.id == project_id]:
+    def forget(self, which: Callable[[V], bool]) -> None:
+        for digest in [d for d, (_, value) in self.entries.items() if which(value)]:
             del self.entries[digest]
 
 
-# The key cache of the database behind a session factory (the runtime sets its lifetime).
-key_cache_for = PerDatabase(KeyCache)
+KeyRow = tuple[ProjectKey, Project]
+# The caches of the database behind a session factory (the runtime sets their lifetime).
+key_cache_for: PerDatabase[SecretCache[KeyRow]] = PerDatabase(SecretCache)
+token_cache_for: PerDatabase[SecretCache[ApiToken]] = PerDatabase(SecretCache)
+
+
+def _forget_project(sessions: Sessions, project_id: int) -> None:
+    key_cache_for(sessions).forget(lambda row: row[1].id == project_id)
 
 
 @dataclass(frozen=True)
@@ -413,7 +421,7 @@ async def update_project_settings(
             raise NotFound(f"no project {project_id}", field="project")
         for name, value in changes.items():
             setattr(project, name, value)
-    key_cache_for(sessions).forget_project(project_id)
+    _forget_project(sessions, project_id)
     return project
 
 
@@ -441,7 +449,7 @@ async def revoke_project_key(*, sessions: Sessions, key_id: int) -> ProjectKey:
             raise NotFound(f"no key {key_id}", field="id")
         if key.revoked_at is None:
             key.revoked_at = utcnow()
-    key_cache_for(sessions).forget_project(key.project_id)
+    _forget_project(sessions, key.project_id)
     return key
 
 
@@ -481,7 +489,7 @@ async def grant_for_project_key(
     row = cache.get(digest)
     if row is None:
 
-        async def load() -> tuple[ProjectKey, Project] | None:
+        async def load() -> KeyRow | None:
             async with sessions() as session:
                 found = (
                     await session.execute(
@@ -492,7 +500,7 @@ async def grant_for_project_key(
                 ).first()
             if found is None or not hmac.compare_digest(found[0].key_hash, digest):
                 return None
-            cache.put(digest, found[0], found[1])
+            cache.put(digest, (found[0], found[1]))
             return found[0], found[1]
 
         row = await cache.look_up(digest, load)
@@ -515,11 +523,22 @@ async def grant_for_token(*, sessions: Sessions, secret: str | None) -> TokenGra
     if not secret:
         raise InvalidKey("no token given")
     digest = hash_secret(secret)
-    async with sessions() as session:
-        token = (
-            await session.scalars(select(ApiToken).where(ApiToken.token_hash == digest))
-        ).first()
-    if token is None or not hmac.compare_digest(token.token_hash, digest):
+    cache = token_cache_for(sessions)
+    token = cache.get(digest)
+    if token is None:
+
+        async def load() -> ApiToken | None:
+            async with sessions() as session:
+                found = (
+                    await session.scalars(select(ApiToken).where(ApiToken.token_hash == digest))
+                ).first()
+            if found is None or not hmac.compare_digest(found.token_hash, digest):
+                return None
+            cache.put(digest, found)
+            return found
+
+        token = await cache.look_up(digest, load)
+    if token is None:
         raise InvalidKey("invalid token")
     if token.revoked_at is not None:
         raise InvalidKey("token revoked")

@@ -14,7 +14,7 @@ from app.models import utcnow
 from app.pubsub import PubSub
 from app.services.alerts import AlertDispatcher
 from app.services.ingest import BatchWriter, Clock
-from app.services.keys import key_cache_for
+from app.services.keys import key_cache_for, token_cache_for
 from app.services.quotas import Quotas
 
 
@@ -38,6 +38,7 @@ class Runtime:
             await database.dispose()
             raise
         key_cache_for(database.sessions).seconds = settings.key_cache_seconds
+        token_cache_for(database.sessions).seconds = settings.key_cache_seconds
         quotas = Quotas.from_settings(settings)
         writer = BatchWriter(
             database=database,

@@ -17,6 +17,7 @@ from app.services.keys import (
     grant_for_token,
     key_cache_for,
     revoke_project_key,
+    token_cache_for,
     update_project_settings,
 )
 from app.services.runtime import Runtime
@@ -147,6 +148,47 @@ async def test_an_expired_key_is_looked_up_once_for_the_requests_waiting(
         assert all(isinstance(answer, InvalidKey) for answer in unknown)
         assert len(queries) == 2
         assert key_cache_for(sessions).pending == {}
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+
+
+async def test_tokens_are_remembered_for_a_while(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    cache = token_cache_for(sessions)
+    assert cache.seconds == runtime.settings.key_cache_seconds
+    now = [1000.0]
+    cache.clock = lambda: now[0]
+    queries: list[str] = []
+    engine = runtime.database.engine.sync_engine
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FROM api_token" in statement:
+            queries.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        for _ in range(3):
+            grant = await grant_for_token(sessions=sessions, secret=project.token.secret)
+            assert grant.token_id == project.token.token.id
+        assert len(queries) == 1
+        # Revoked in the database (by another process): refused once the entry expires.
+        async with sessions.begin() as session:
+            await session.execute(
+                text("UPDATE api_token SET revoked_at = '2000-01-01 00:00:00' WHERE id = :id"),
+                {"id": project.token.token.id},
+            )
+        now[0] += 4.9
+        await grant_for_token(sessions=sessions, secret=project.token.secret)
+        now[0] += 0.2
+        with pytest.raises(InvalidKey, match="revoked"):
+            await grant_for_token(sessions=sessions, secret=project.token.secret)
+        assert len(queries) == 2
+        # Unknown tokens are never remembered: each is looked up.
+        for _ in range(2):
+            with pytest.raises(InvalidKey, match="invalid token"):
+                await grant_for_token(sessions=sessions, secret="egt_" + "3" * 32)
+        assert len(queries) == 4
+        assert len(cache.entries) == 1
     finally:
         sa_event.remove(engine, "before_cursor_execute", count)
 
