@@ -44,7 +44,9 @@ cli = typer.Typer(
 )
 project_cli = typer.Typer(help="Create and list projects.", no_args_is_help=True)
 key_cli = typer.Typer(help="Create, list and revoke project keys.", no_args_is_help=True)
-token_cli = typer.Typer(help="Create API tokens for the GraphQL API.", no_args_is_help=True)
+token_cli = typer.Typer(
+    help="Create, list and revoke API tokens for the GraphQL API.", no_args_is_help=True
+)
 cli.add_typer(project_cli, name="project")
 cli.add_typer(key_cli, name="key")
 cli.add_typer(token_cli, name="token")
@@ -412,6 +414,55 @@ def token_create(
                 else "projects " + ", ".join(map(str, info["projects"]))
             )
             typer.echo(f"Token {info['id']} ({created.token.scopes}; {limited}): {created.secret}")
+
+
+@token_cli.command("list")
+def token_list(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the API tokens (their prefixes: the secrets are not stored)."""
+    with _one_line_errors():
+        settings = _settings()
+        rows = [
+            {
+                "id": token.id,
+                "prefix": token.prefix,
+                "scopes": token.scopes.split(","),
+                "projects": token.project_ids,
+                "label": token.label,
+                "created_at": token.created_at.isoformat(),
+                "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
+            }
+            for token in _with_database(
+                settings, lambda db: key_service.list_api_tokens(sessions=db.sessions)
+            )
+        ]
+        if json:
+            _emit_json(rows)
+        else:
+            for row in rows:
+                state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+                scopes = ",".join(row["scopes"])
+                projects = (
+                    "all projects"
+                    if row["projects"] is None
+                    else "projects " + ",".join(map(str, row["projects"]))
+                )
+                typer.echo(
+                    f"{row['id']:>5}  {row['prefix']}…  {scopes:<18} {projects}  {state}  "
+                    f"{row['label']}"
+                )
+
+
+@token_cli.command("revoke")
+def token_revoke(token_id: Annotated[int, typer.Argument(help="The token's id.")]) -> None:
+    """Revoke a token: requests bearing it are refused from now on (by running servers
+    within ERRORGRAPH_KEY_CACHE_SECONDS)."""
+    with _one_line_errors():
+        settings = _settings()
+        token = _with_database(
+            settings,
+            lambda db: key_service.revoke_api_token(sessions=db.sessions, token_id=token_id),
+        )
+        typer.echo(f"Token {token.id} ({token.prefix}…) revoked.")
 
 
 class TriggerChoice(StrEnum):

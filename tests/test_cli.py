@@ -80,8 +80,22 @@ def test_keys_and_tokens(settings: Settings, tmp_path: Path):
     assert [row["revoked_at"] is not None for row in listed] == [False, False, True]
 
     token = run(settings, "token", "create", "--scope", "admin", "--json", cwd=tmp_path)
-    assert json.loads(token.stdout)["scopes"] == ["admin"]
-    assert json.loads(token.stdout)["projects"] is None
+    made_token = json.loads(token.stdout)
+    assert made_token["scopes"] == ["admin"]
+    assert made_token["projects"] is None
+
+    tokens = json.loads(run(settings, "token", "list", "--json", cwd=tmp_path).stdout)
+    assert [(row["id"], row["revoked_at"]) for row in tokens][-1] == (made_token["id"], None)
+    assert all(made_token["token"] not in json.dumps(row) for row in tokens)
+    assert made_token["token"].startswith(tokens[-1]["prefix"])
+    revoked = run(settings, "token", "revoke", str(made_token["id"]), cwd=tmp_path)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    tokens = json.loads(run(settings, "token", "list", "--json", cwd=tmp_path).stdout)
+    assert [row["revoked_at"] is not None for row in tokens] == [False, True]
+    human = run(settings, "token", "list", cwd=tmp_path).stdout
+    assert "revoked" in human and "all projects" in human
+    missing = run(settings, "token", "revoke", "999", cwd=tmp_path)
+    assert missing.returncode == 1 and "no token 999" in missing.stderr
 
 
 def test_errors_are_one_line(settings: Settings, tmp_path: Path):

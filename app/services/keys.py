@@ -469,6 +469,24 @@ async def create_api_token(
     return created
 
 
+async def list_api_tokens(*, sessions: Sessions) -> list[ApiToken]:
+    async with sessions() as session:
+        return list((await session.scalars(select(ApiToken).order_by(ApiToken.id))).all())  # type: ignore[arg-type]
+
+
+async def revoke_api_token(*, sessions: Sessions, token_id: int) -> ApiToken:
+    """Refused from now on by this process; by the others once their cached entry ends
+    (`key_cache_seconds`), as a revoked key is."""
+    async with sessions.begin() as session:
+        token = await session.get(ApiToken, token_id)
+        if token is None:
+            raise NotFound(f"no token {token_id}", field="id")
+        if token.revoked_at is None:
+            token.revoked_at = utcnow()
+    token_cache_for(sessions).forget(lambda cached: cached.id == token_id)
+    return token
+
+
 async def grant_for_project_key(
     *,
     sessions: Sessions,

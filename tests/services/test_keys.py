@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
-from app.errors import Forbidden, InvalidKey
+from app.errors import Forbidden, InvalidKey, NotFound
 from app.services.keys import (
     CreatedProject,
     create_api_token,
@@ -16,6 +16,8 @@ from app.services.keys import (
     grant_for_project_key,
     grant_for_token,
     key_cache_for,
+    list_api_tokens,
+    revoke_api_token,
     revoke_project_key,
     token_cache_for,
     update_project_settings,
@@ -191,6 +193,26 @@ async def test_tokens_are_remembered_for_a_while(runtime: Runtime, project: Crea
         assert len(cache.entries) == 1
     finally:
         sa_event.remove(engine, "before_cursor_execute", count)
+
+
+async def test_a_token_revoked_here_is_refused_at_once(runtime: Runtime, project: CreatedProject):
+    sessions = runtime.database.sessions
+    token_cache_for(sessions).clock = lambda: 0.0  # nothing would expire by itself
+    other = await create_api_token(sessions=sessions, scopes=["read"])
+    for made in (project.token, other):
+        await grant_for_token(sessions=sessions, secret=made.secret)
+    assert other.token.id is not None
+    revoked = await revoke_api_token(sessions=sessions, token_id=other.token.id)
+    assert revoked.revoked_at is not None
+    with pytest.raises(InvalidKey, match="revoked"):
+        await grant_for_token(sessions=sessions, secret=other.secret)
+    await grant_for_token(sessions=sessions, secret=project.token.secret)
+    assert [t.revoked_at is not None for t in await list_api_tokens(sessions=sessions)] == [
+        False,
+        True,
+    ]
+    with pytest.raises(NotFound):
+        await revoke_api_token(sessions=sessions, token_id=999)
 
 
 async def test_unknown_keys_are_not_remembered(runtime: Runtime, project: CreatedProject):
