@@ -138,6 +138,22 @@ class SecretCache(Generic[V]):
         # One caller giving up (a client gone) does not cancel the others' lookup.
         return await asyncio.shield(pending)
 
+    async def found_or_loaded(
+        self, digest: str, load: Callable[[], Awaitable[V | None]]
+    ) -> V | None:
+        """The entry for `digest`, or what `load()` finds, remembered when found."""
+        value = self.get(digest)
+        if value is not None:
+            return value
+
+        async def load_and_keep() -> V | None:
+            found = await load()
+            if found is not None:
+                self.put(digest, found)
+            return found
+
+        return await self.look_up(digest, load_and_keep)
+
     def get(self, digest: str) -> V | None:
         found = self.entries.get(digest)
         if found is None:
@@ -503,27 +519,23 @@ async def grant_for_project_key(
     if not secret:
         raise InvalidKey("no key given")
     digest = hash_secret(secret)
-    cache = key_cache_for(sessions)
-    row = cache.get(digest)
+
+    async def load() -> KeyRow | None:
+        async with sessions() as session:
+            found = (
+                await session.execute(
+                    select(ProjectKey, Project)
+                    .join(Project, Project.id == ProjectKey.project_id)  # type: ignore[arg-type]
+                    .where(ProjectKey.key_hash == digest)
+                )
+            ).first()
+        if found is None or not hmac.compare_digest(found[0].key_hash, digest):
+            return None
+        return found[0], found[1]
+
+    row = await key_cache_for(sessions).found_or_loaded(digest, load)
     if row is None:
-
-        async def load() -> KeyRow | None:
-            async with sessions() as session:
-                found = (
-                    await session.execute(
-                        select(ProjectKey, Project)
-                        .join(Project, Project.id == ProjectKey.project_id)  # type: ignore[arg-type]
-                        .where(ProjectKey.key_hash == digest)
-                    )
-                ).first()
-            if found is None or not hmac.compare_digest(found[0].key_hash, digest):
-                return None
-            cache.put(digest, (found[0], found[1]))
-            return found[0], found[1]
-
-        row = await cache.look_up(digest, load)
-        if row is None:
-            raise InvalidKey("invalid key")
+        raise InvalidKey("invalid key")
     key, project = row
     if key.revoked_at is not None and key.revoked_at <= (now or utcnow()):
         raise InvalidKey("key revoked")
@@ -541,21 +553,17 @@ async def grant_for_token(*, sessions: Sessions, secret: str | None) -> TokenGra
     if not secret:
         raise InvalidKey("no token given")
     digest = hash_secret(secret)
-    cache = token_cache_for(sessions)
-    token = cache.get(digest)
-    if token is None:
 
-        async def load() -> ApiToken | None:
-            async with sessions() as session:
-                found = (
-                    await session.scalars(select(ApiToken).where(ApiToken.token_hash == digest))
-                ).first()
-            if found is None or not hmac.compare_digest(found.token_hash, digest):
-                return None
-            cache.put(digest, found)
-            return found
+    async def load() -> ApiToken | None:
+        async with sessions() as session:
+            found = (
+                await session.scalars(select(ApiToken).where(ApiToken.token_hash == digest))
+            ).first()
+        if found is None or not hmac.compare_digest(found.token_hash, digest):
+            return None
+        return found
 
-        token = await cache.look_up(digest, load)
+    token = await token_cache_for(sessions).found_or_loaded(digest, load)
     if token is None:
         raise InvalidKey("invalid token")
     if token.revoked_at is not None:
