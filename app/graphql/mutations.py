@@ -25,6 +25,7 @@ from app.services.ingest import ingest_events
 from .context import Info
 from .queries import parse_id, readable_project, required_id
 from .types import (
+    ApiTokenType,
     BulkActionEnum,
     ExportFormatEnum,
     GroupType,
@@ -459,6 +460,20 @@ class Mutation:
             exc.field = SETTING_ARGUMENTS.get(exc.field or "", exc.field)
             raise
         return ProjectType.from_row(project)
+
+    @strawberry.mutation(
+        description="Revoke an API token: requests bearing it are refused from now on (by "
+        "other server processes within KEY_CACHE_SECONDS)."
+    )
+    async def revoke_api_token(self, info: Info, id: strawberry.ID) -> ApiTokenType:
+        token_id = required_id(id, "id")
+        viewer = await info.context.require("admin")
+        sessions = info.context.sessions
+        token = await key_service.api_token_by_id(sessions=sessions, token_id=token_id)
+        if not viewer.can_see_all(token.project_ids):
+            raise Forbidden("this token reaches projects outside your token's projects")
+        row = await key_service.revoke_api_token(sessions=sessions, token_id=token_id)
+        return ApiTokenType.from_row(row)
 
     @strawberry.mutation
     async def revoke_project_key(self, info: Info, id: strawberry.ID) -> ProjectKeyType:

@@ -23,6 +23,7 @@ from .context import Info
 from .types import (
     AccountType,
     AffectedUserType,
+    ApiTokenType,
     ClientReportTotalType,
     Connection,
     EventType,
@@ -90,6 +91,15 @@ class Query:
             sessions=info.context.sessions, project_id=parsed
         )
         return [ProjectKeyType.from_row(row) for row in rows]
+
+    @strawberry.field(
+        description="API tokens (prefixes only; needs the admin scope): those whose "
+        "projects are all the caller's."
+    )
+    async def api_tokens(self, info: Info) -> list[ApiTokenType]:
+        viewer = await info.context.require("admin")
+        rows = await key_service.list_api_tokens(sessions=info.context.sessions)
+        return [ApiTokenType.from_row(row) for row in rows if viewer.can_see_all(row.project_ids)]
 
     @strawberry.field(description="Issues, filtered and sorted; `search` is full-text.")
     async def groups(

@@ -12,7 +12,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from app.errors import NotFound
-from app.models import Account, AffectedUser, Event, Group, Project, ProjectKey
+from app.models import Account, AffectedUser, ApiToken, Event, Group, Project, ProjectKey
 from app.services import events as event_service
 from app.services import issues as issue_service
 from app.services import people as people_service
@@ -84,6 +84,13 @@ class KeyScopeEnum(Enum):
     WRITE = "write"
 
 
+@strawberry.enum(name="TokenScope")
+class TokenScopeEnum(Enum):
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
 def _enum_or_none(enum: type[Enum], value: str | None) -> Any:
     if value is None:
         return None
@@ -127,6 +134,39 @@ def connection(
         page_info=PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor),
         _count=count,
     )
+
+
+@strawberry.type(name="ApiToken")
+class ApiTokenType:
+    id: strawberry.ID
+    label: str
+    prefix: str = strawberry.field(description="The start of the token; the rest is not stored.")
+    scopes: list[TokenScopeEnum]
+    project_ids: list[strawberry.ID] | None = strawberry.field(
+        description="The projects it is limited to; null: every project."
+    )
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @strawberry.field
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    @classmethod
+    def from_row(cls, row: ApiToken) -> ApiTokenType:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            label=row.label,
+            prefix=row.prefix,
+            scopes=[TokenScopeEnum(scope) for scope in row.scopes.split(",")],
+            project_ids=(
+                None
+                if row.project_ids is None
+                else [strawberry.ID(str(project_id)) for project_id in row.project_ids]
+            ),
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
 
 
 @strawberry.type(name="Project")

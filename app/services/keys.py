@@ -490,6 +490,14 @@ async def list_api_tokens(*, sessions: Sessions) -> list[ApiToken]:
         return list((await session.scalars(select(ApiToken).order_by(ApiToken.id))).all())  # type: ignore[arg-type]
 
 
+async def api_token_by_id(*, sessions: Sessions, token_id: int) -> ApiToken:
+    async with sessions() as session:
+        token = await session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"no token {token_id}", field="id")
+    return token
+
+
 async def revoke_api_token(*, sessions: Sessions, token_id: int) -> ApiToken:
     """Refused from now on by this process; by the others once their cached entry ends
     (`key_cache_seconds`), as a revoked key is."""
@@ -588,6 +596,13 @@ class Viewer:
 
     def can_see(self, project_id: int) -> bool:
         return self.project_ids is None or project_id in self.project_ids
+
+    def can_see_all(self, project_ids: Iterable[int] | None) -> bool:
+        """Whether every project of `project_ids` (None: every project there is) is the
+        caller's: a token limited to some projects must not reach a wider one."""
+        if self.project_ids is None:
+            return True
+        return project_ids is not None and set(project_ids) <= self.project_ids
 
     def may(self, scope: str) -> bool:
         """admin implies write, write implies read."""

@@ -273,6 +273,41 @@ async def test_capture_exception_and_message(gql: GQL, app_project):
     assert "event_id" in error["message"]
 
 
+async def test_api_tokens_listed_and_revoked(gql: GQL, app_client, app_project):
+    from app.services.keys import create_api_token
+
+    sessions = app_client.runtime.database.sessions
+    project_id = app_project.project.id
+    wide = await create_api_token(sessions=sessions, scopes=["admin"], label="everything")
+    narrow = await create_api_token(
+        sessions=sessions, scopes=["read"], label="ci", project_ids=[project_id]
+    )
+    query = "{ apiTokens { id label prefix scopes projectIds isActive revokedAt } }"
+    # The project's admin token sees the tokens limited to its project, not the wide one.
+    seen = (await gql(query))["apiTokens"]
+    assert [row["label"] for row in seen] == [app_project.token.token.label, "ci"]
+    assert seen[1]["scopes"] == ["READ"] and seen[1]["projectIds"] == [str(project_id)]
+    assert narrow.secret.startswith(seen[1]["prefix"])
+    assert all(narrow.secret not in str(row) for row in seen)
+    everything = (await gql(query, token=wide.secret))["apiTokens"]
+    assert {row["label"] for row in everything} >= {"everything", "ci"}
+    assert next(r for r in everything if r["label"] == "everything")["projectIds"] is None
+
+    revoke = "mutation($id: ID!) { revokeApiToken(id: $id) { id isActive revokedAt } }"
+    error = await gql.error(revoke, {"id": str(wide.token.id)})
+    assert error["extensions"]["code"] == "FORBIDDEN"
+    assert (await gql("{ projects { id } }", token=wide.secret))["projects"]
+    error = await gql.error(revoke, {"id": str(app_project.token.token.id)}, token=narrow.secret)
+    assert error["extensions"]["code"] == "FORBIDDEN"  # a read token revokes nothing
+    assert (await gql("{ projects { id } }", token=narrow.secret))["projects"]
+    revoked = (await gql(revoke, {"id": str(narrow.token.id)}))["revokeApiToken"]
+    assert revoked["isActive"] is False and revoked["revokedAt"]
+    error = await gql.error("{ projects { id } }", token=narrow.secret)
+    assert error["extensions"]["code"] == "UNAUTHENTICATED"
+    error = await gql.error(revoke, {"id": "999999"})
+    assert error["extensions"]["code"] == "NOT_FOUND"
+
+
 async def test_projects_and_keys(gql: GQL, app_client, app_project):
     # Project-limited admin tokens cannot create projects; an unlimited one can.
     error = await gql.error('mutation { createProject(name: "Other") { dsn } }')
