@@ -333,43 +333,43 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
-        def run(connection: sqlite3.Connection) -> tuple[Any, list[Any], int, int | None]:
-            cursor = connection.cursor()
-            try:
-                if parameters is None:
-                    cursor.execute(operation)
-                else:
-                    cursor.execute(operation, parameters)
-                description = cursor.description
-                rows = cursor.fetchall() if description else []
-                return description, rows, cursor.rowcount, cursor.lastrowid
-            finally:
-                cursor.close()
+        def run(cursor: sqlite3.Cursor) -> tuple[Any, list[Any], int, int | None]:
+            if parameters is None:
+                cursor.execute(operation)
+            else:
+                cursor.execute(operation, parameters)
+            description = cursor.description
+            rows = cursor.fetchall() if description else []
+            return description, rows, cursor.rowcount, cursor.lastrowid
 
-        async with self._adapt_connection._execute_mutex:
-            found = await self._in_thread(run)
-        self._description, rows, self._rowcount, self._lastrowid = found
+        self._description, rows, self._rowcount, self._lastrowid = await self._in_thread(run)
         self._rows = collections.deque(rows)
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
-        def run(connection: sqlite3.Connection) -> tuple[int, int | None]:
-            cursor = connection.cursor()
+        def run(cursor: sqlite3.Cursor) -> tuple[int, int | None]:
+            cursor.executemany(operation, seq_of_parameters)
+            return cursor.rowcount, cursor.lastrowid
+
+        self._rowcount, self._lastrowid = await self._in_thread(run)
+        self._description = None
+        self._rows.clear()
+
+    async def _in_thread(self, work: Any) -> Any:
+        """`work(cursor)` on a standard cursor, opened and closed in the connection's
+        thread, one statement at a time on the connection as the adapter does."""
+        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+
+        def run() -> Any:
+            # `_conn` is read in the thread: it raises there, as aiosqlite's cursors do,
+            # for a connection already closed.
+            cursor = connection._conn.cursor()
             try:
-                cursor.executemany(operation, seq_of_parameters)
-                return cursor.rowcount, cursor.lastrowid
+                return work(cursor)
             finally:
                 cursor.close()
 
         async with self._adapt_connection._execute_mutex:
-            self._rowcount, self._lastrowid = await self._in_thread(run)
-        self._description = None
-        self._rows.clear()
-
-    async def _in_thread(self, run: Any) -> Any:
-        connection: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        # `_conn` is read in the thread: it raises there, as aiosqlite's cursors do, for a
-        # connection already closed.
-        return await connection._execute(lambda: run(connection._conn))
+            return await connection._execute(run)
 
 
 class _OneTripConnection(AsyncAdapt_aiosqlite_connection):

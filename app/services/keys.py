@@ -116,7 +116,7 @@ class KeyGrant:
 @dataclass
 class SecretCache(Generic[V]):
     """What one process found lately for each secret's digest, per database (see the
-    module's docstring): a key with its project, or a token's grant."""
+    module's docstring): a key with its project, or a token."""
 
     seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
@@ -128,31 +128,28 @@ class SecretCache(Generic[V]):
     # sent 32 at once, every `seconds`).
     pending: dict[str, asyncio.Future[V | None]] = dataclasses.field(default_factory=dict)
 
-    async def look_up(self, digest: str, load: Callable[[], Awaitable[V | None]]) -> V | None:
-        """`load()`, shared with the callers that ask for `digest` while it runs."""
+    async def found_or_loaded(
+        self, digest: str, load: Callable[[], Awaitable[V | None]]
+    ) -> V | None:
+        """The entry for `digest`, or what `load()` finds, remembered when found; one
+        `load()` shared with the callers that ask for `digest` while it runs."""
+        value = self.get(digest)
+        if value is not None:
+            return value
         pending = self.pending.get(digest)
         if pending is None:
-            pending = asyncio.ensure_future(load())
+
+            async def load_and_keep() -> V | None:
+                found = await load()
+                if found is not None:
+                    self.put(digest, found)
+                return found
+
+            pending = asyncio.ensure_future(load_and_keep())
             self.pending[digest] = pending
             pending.add_done_callback(lambda _: self.pending.pop(digest, None))
         # One caller giving up (a client gone) does not cancel the others' lookup.
         return await asyncio.shield(pending)
-
-    async def found_or_loaded(
-        self, digest: str, load: Callable[[], Awaitable[V | None]]
-    ) -> V | None:
-        """The entry for `digest`, or what `load()` finds, remembered when found."""
-        value = self.get(digest)
-        if value is not None:
-            return value
-
-        async def load_and_keep() -> V | None:
-            found = await load()
-            if found is not None:
-                self.put(digest, found)
-            return found
-
-        return await self.look_up(digest, load_and_keep)
 
     def get(self, digest: str) -> V | None:
         found = self.entries.get(digest)
