@@ -9,7 +9,8 @@ no HTTP server and no load generator on the cores.
     .venv/bin/python bench/inprocess.py --count 4000 \
         --postgres postgresql://postgres@127.0.0.1:5432/postgres
 
-Prints events/s, the process's CPU per event and the event loop thread's. `--shape batch`
+Prints events/s, the process's CPU per event, the event loop thread's and each
+thread's (the writer's is the pool's, `asyncio`). `--shape batch`
 sends Proliferate batches of 100 instead of envelopes (`--until` applies to envelopes). With
 `--without PIECE` that piece is switched off (its function replaced by one that returns
 its input), to see what it costs where it runs; with `--postgres URL` the app runs on a
@@ -25,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -223,9 +227,11 @@ async def _measure(
                 status = await _send(manager.app, request)
                 assert status in (200, 202), status
 
+        threads_before = _threads_cpu()
         started, cpu, loop_cpu = time.perf_counter(), time.process_time(), time.thread_time()
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        threads_after = _threads_cpu()
         events = sum(r.events for r in requests[first:])
         per_event: Callable[[float], str] = lambda seconds: f"{seconds * 1e3 / events:.3f}"  # noqa: E731
         print(
@@ -233,6 +239,40 @@ async def _measure(
             f"{per_event(time.process_time() - cpu)} ms/event · event loop thread "
             f"{per_event(time.thread_time() - loop_cpu)} ms/event"
         )
+        by_name: dict[str, float] = {}
+        for tid, (name, seconds) in threads_after.items():
+            spent = seconds - threads_before.get(tid, (name, 0.0))[1]
+            by_name[name] = by_name.get(name, 0.0) + spent
+        print(
+            "by thread, ms/event: "
+            + " · ".join(
+                f"{name} {per_event(seconds)}"
+                for name, seconds in sorted(by_name.items(), key=lambda item: -item[1])
+                if seconds > 0
+            )
+        )
+
+
+def _threads_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of each of this process's threads (Linux), by native id, with the
+    name of the Python thread it runs (threads of the same kind share a name, the pool's
+    workers their pool's): the writer's, SQLite's and the checkpointer's shares of the
+    process's CPU."""
+    names = {
+        thread.native_id: re.sub(r"_\d+$", "", thread.name)
+        for thread in threading.enumerate()
+        if thread.native_id is not None
+    }
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended
+        tid = int(task.name)
+        out[tid] = (names.get(tid, "other"), (int(fields[11]) + int(fields[12])) / ticks)
+    return out
 
 
 def main() -> None:

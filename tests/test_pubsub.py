@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 from pathlib import Path
 
 import orjson
@@ -151,3 +153,64 @@ async def _check_publish_many(broker_url: str) -> None:
             assert not both.queue and not updates.queue
     finally:
         await pubsub.disconnect()
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_an_event_loop_that_stood_still_does_not_take_the_broker_for_gone(
+    broker: str, tmp_path: Path
+):
+    """A loop blocked past the heartbeat's timeout (a long call, a paused machine) finds
+    its heartbeat unread when it runs again: the broker is kept, and nothing published
+    after is lost. It used to be dropped and reconnected, failing the publishes between."""
+    server = None
+    url = "memory://"
+    if broker == "redis":
+        server = RedisServer(tmp_path)
+        server.start()
+        url = server.url
+    pubsub = PubSub(url, heartbeat_interval=0.05, heartbeat_timeout=0.15)
+    await pubsub.connect()
+    try:
+        async with pubsub.subscribe(EVENT_CAPTURED) as subscription:
+            await asyncio.sleep(0.12)  # the heartbeat asleep
+            time.sleep(0.6)  # noqa: ASYNC251 -- the loop stands still, past the timeout
+            for n in range(20):
+                await pubsub.publish(EVENT_CAPTURED, {"n": n, "project_id": 1})
+                await asyncio.sleep(0.01)
+            got = [(await asyncio.wait_for(subscription.get(), 5))[1]["n"] for _ in range(20)]
+            assert got == list(range(20))
+            assert pubsub.stats.reconnects == 0
+            assert pubsub.stats.publish_failures == 0
+            assert pubsub.connected
+    finally:
+        await pubsub.disconnect()
+        if server is not None:
+            server.stop()
+
+
+async def test_a_broker_that_stops_answering_is_still_found_gone(tmp_path: Path):
+    """The heartbeat still tells a broker that went away, with the loop running."""
+    server = RedisServer(tmp_path)
+    server.start()
+    pubsub = PubSub(server.url, heartbeat_interval=0.05, heartbeat_timeout=0.15)
+    await pubsub.connect()
+    try:
+        assert pubsub.connected
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # there, but it answers nothing
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if not pubsub.connected:
+                    break
+            assert not pubsub.connected
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if pubsub.connected:
+                break
+        assert pubsub.connected and pubsub.stats.reconnects >= 1
+    finally:
+        await pubsub.disconnect()
+        server.stop()
