@@ -22,10 +22,15 @@ a bad key in the URL, 429 past a client's quota) without reading it, and so answ
 once instead of waiting behind the bodies in flight, which it would also hold back if it
 were larger than the budget.
 
-A body that arrives slowly holds its share of the budget while it arrives. Behind a
-proxy that buffers request bodies (nginx does by default, `deploy/nginx.conf` among
-them) every body arrives whole; exposed directly, a few clients that announce large
-bodies and send them slowly would hold the others back for as long as they send.
+A body that arrives slowly holds its share of the budget while it arrives, so a body
+must keep coming: after `BODY_GRACE_SECONDS` of waiting for it, at least
+`BODY_MIN_BYTES_PER_SECOND` on average, or the request is answered 408 and its
+connection closed (as Kestrel's minimum request body data rate does; a per-read timeout
+such as nginx's `client_body_timeout` lets a byte every minute hold on for ever). Only
+time spent waiting for the client counts, not the handler's own work between reads nor
+the wait for admission, during which the client is held on TCP. Behind a proxy that
+buffers request bodies (nginx does by default, `deploy/nginx.conf` among them) every body
+arrives whole.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.bodies import declared_length
@@ -91,18 +97,34 @@ class BodyBudget:
 _WITHOUT_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-class AdmissionMiddleware:
-    """Holds the first read of each HTTP request's body until `budget` has room for it
-    (see the module docstring); without a budget every body is read at once. The budget
-    is made by the app's factory, which also shows it in the metrics."""
+class BodyTooSlow(Exception):
+    """A request body that stopped arriving, or came slower than the server takes. Not
+    an `ErrorgraphError`: no route's handler answers it; it passes them all up to
+    `AdmissionMiddleware`, which does."""
 
-    def __init__(self, app: ASGIApp, *, budget: BodyBudget | None) -> None:
+
+class AdmissionMiddleware:
+    """Holds the first read of each HTTP request's body until `budget` has room for it,
+    and answers 408 to a body that arrives slower than `min_rate` bytes a second after
+    `grace` seconds (see the module docstring). Without a budget every body is read at
+    once; with `min_rate` 0 any pace is taken. The budget is made by the app's factory,
+    which also shows it in the metrics."""
+
+    def __init__(
+        self, app: ASGIApp, *, budget: BodyBudget | None, min_rate: int = 0, grace: float = 0
+    ) -> None:
         self.app = app
         self.budget = budget
+        self.min_rate = min_rate
+        self.grace = grace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         budget = self.budget
-        if budget is None or scope["type"] != "http" or scope["method"] in _WITHOUT_BODY:
+        if (
+            (budget is None and not self.min_rate)
+            or scope["type"] != "http"
+            or scope["method"] in _WITHOUT_BODY
+        ):
             await self.app(scope, receive, send)
             return
         declared = declared_length(scope)
@@ -110,24 +132,64 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         charged = declared or 0
-        admitted = False
+        admitted = budget is None
         received = 0
+        waited = 0.0  # seconds spent waiting for the client's body
+        answering = False
+        loop = asyncio.get_running_loop()
 
         async def counted() -> Message:
-            nonlocal admitted, received, charged
+            nonlocal admitted, received, charged, waited
             if not admitted:
+                assert budget is not None
                 await budget.admit(charged)
                 admitted = True
-            message = await receive()
+            if self.min_rate:
+                # What the body may still take: the grace, and a second for each
+                # `min_rate` bytes it has brought; always more than nothing, since the
+                # previous read ended within its own allowance.
+                allowance = self.grace + received / self.min_rate - waited
+                began = loop.time()
+                try:
+                    async with asyncio.timeout(allowance):
+                        message = await receive()
+                except TimeoutError:
+                    raise BodyTooSlow(
+                        f"the request body arrived too slowly: {received} bytes in "
+                        f"{waited + loop.time() - began:.1f} s; after the first "
+                        f"{self.grace:g} s at least {self.min_rate} bytes a second are "
+                        "needed"
+                    ) from None
+                finally:
+                    waited += loop.time() - began
+            else:
+                message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > charged:  # no Content-Length, or more than it said
+                if budget is not None and received > charged:
+                    # No Content-Length, or more than it said.
                     budget.charge(received - charged)
                     charged = received
             return message
 
+        async def watched(message: Message) -> None:
+            nonlocal answering
+            if message["type"] == "http.response.start":
+                answering = True
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
+            await self.app(scope, counted, watched)
+        except BodyTooSlow as exc:
+            if answering:
+                raise
+            # Answered here, in errorgraph's own shape whatever the route's dialect: the
+            # route never saw the body. The connection is closed: the rest of the body
+            # may still be on its way.
+            response = JSONResponse(
+                {"detail": str(exc)}, status_code=408, headers={"Connection": "close"}
+            )
+            await response(scope, counted, send)
         finally:
-            if admitted:
+            if admitted and budget is not None:
                 budget.release(charged)

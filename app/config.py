@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # Request bodies one process reads and works on at once (app/admission.py); the other
     # requests wait their turn. 0: no limit.
     max_body_bytes_in_flight: int = Field(default=4_194_304, ge=0)
+    # A body must keep coming (app/admission.py): after this many seconds of waiting for
+    # it, at least this many bytes a second on average, or 408. 0 bytes: any pace.
+    body_grace_seconds: float = Field(default=10.0, gt=0, le=3600)
+    body_min_bytes_per_second: int = Field(default=16_384, ge=0)
     max_batch_events: int = Field(default=100, ge=1, le=10_000)
 
     # Rate limits (app/services/quotas.py; counted in Redis when broadcast_url is Redis, so

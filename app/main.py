@@ -212,7 +212,12 @@ def create_app(
         lifespan=lifespan,
         middleware=[
             Middleware(RequestLogMiddleware, dialects=_dialect_routes()),
-            Middleware(AdmissionMiddleware, budget=admission),
+            Middleware(
+                AdmissionMiddleware,
+                budget=admission,
+                min_rate=settings.body_min_bytes_per_second,
+                grace=settings.body_grace_seconds,
+            ),
         ],
         exception_handlers={
             HTTPException: _http_error,

@@ -153,6 +153,10 @@ STATUS_TEXT = {
     401: "No key, or an unknown or revoked key",
     403: "The key may not do this: it lacks the scope, or belongs to another project",
     404: "No such thing in the key's project",
+    408: (
+        "The body stopped arriving: after `BODY_GRACE_SECONDS`, fewer than "
+        "`BODY_MIN_BYTES_PER_SECOND` came a second; the connection is closed"
+    ),
     413: "The body (or its decompressed form, or the batch) is over the limit",
     415: "A body in a media type this endpoint does not read",
     422: "The body or a parameter does not match the schema: `detail` items name it",
@@ -1651,8 +1655,19 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    _slow_bodies(document["paths"])
     document["components"]["responses"] = error_responses(document["paths"])
     return document
+
+
+def _slow_bodies(paths: dict[str, Any]) -> None:
+    """Every operation that takes a body may be answered 408 before its route reads it
+    (app/admission.py), in errorgraph's own shape whatever its dialect's."""
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                responses = {**operation["responses"], **errors("Detail", 408)}
+                operation["responses"] = dict(sorted(responses.items()))
 
 
 def document_text() -> str:

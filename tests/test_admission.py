@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
+from support import ERRORGRAPH, running_server
 
 from app.admission import BodyBudget
 from app.config import Settings
@@ -171,14 +175,15 @@ class _Served:
 
 
 @asynccontextmanager
-async def _server(tmp_path: Path, *, budget: int) -> AsyncIterator[_Served]:
-    """The app on a SQLite file with `budget` bytes in flight, and two 40 KiB batches for
-    it whose bodies arrive when the test says."""
+async def _server(tmp_path: Path, *, budget: int, **settings: Any) -> AsyncIterator[_Served]:
+    """The app on a SQLite file with `budget` bytes in flight (and `settings`), and two
+    40 KiB batches for it whose bodies arrive when the test says."""
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
         broadcast_url="memory://",
         max_body_bytes_in_flight=budget,
         _env_file=None,  # type: ignore[call-arg]
+        **settings,
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:
@@ -315,3 +320,160 @@ async def test_a_client_that_hangs_up_halfway_is_logged_as_499_and_frees_its_sha
     logged = [r.status for r in caplog.records if r.name == "errorgraph.access"]  # type: ignore[attr-defined]
     assert logged[:3] == [499, 499, 499]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def _trickle(
+    app: Any, path: str, body: bytes, *, chunk: int, every: float, silent_after: int | None = None
+) -> tuple[int | None, bytes, float]:
+    """POST `body` through the ASGI app `chunk` bytes every `every` seconds, and nothing
+    more after `silent_after` bytes (the client stays connected); (status, answer,
+    seconds until answered)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    sent = 0
+    answer: dict[str, Any] = {"status": None, "body": b""}
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent and (sent >= len(body) or sent == silent_after):
+            await asyncio.Event().wait()  # no more comes; the client stays
+        if sent:
+            await asyncio.sleep(every)
+        piece = body[sent : sent + chunk]
+        sent += len(piece)
+        return {"type": "http.request", "body": piece, "more_body": sent < len(body)}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+            answer["headers"] = dict(message["headers"])
+        elif message["type"] == "http.response.body":
+            answer["body"] += message.get("body", b"")
+
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(app(scope, receive, send), 30)
+    if answer["status"] == 408:
+        assert answer["headers"][b"connection"] == b"close"
+    return answer["status"], answer["body"], asyncio.get_running_loop().time() - started
+
+
+async def test_a_body_that_stops_coming_is_answered_408_and_frees_its_share(tmp_path: Path):
+    """A client that sends part of its body and then nothing more, staying connected,
+    held its share of the budget for as long as it liked, and the requests behind it
+    waited. Now, past the grace, a body must come at the minimum rate: the silent one is
+    answered 408 in errorgraph's shape (whatever the route's dialect, GraphQL's too), its
+    share is given back, and the batch that waited behind it is read and stored."""
+    async with _server(
+        tmp_path, budget=64 * 1024, body_grace_seconds=0.3, body_min_bytes_per_second=1000
+    ) as served:
+        asgi, second = served.asgi, served.second
+        silent = asyncio.create_task(
+            _trickle(
+                asgi,
+                "/api/v1/errors/batch",
+                served.first.body,
+                chunk=500,
+                every=0,
+                silent_after=500,
+            )
+        )
+        await asyncio.sleep(0.05)
+        behind = asyncio.create_task(second.run(asgi))
+        await asyncio.sleep(0.1)
+        assert not second.read  # held back by the silent one
+        status, answer, seconds = await silent
+        assert status == 408, answer
+        # 0.3 s of grace, and a second for the 1000 bytes a second its 500 bytes bought.
+        assert seconds >= 0.8
+        detail = orjson.loads(answer)["detail"]
+        assert detail.startswith("the request body arrived too slowly: 500 bytes in ")
+        assert "at least 1000 bytes a second" in detail
+        second.body_sent.set()
+        await asyncio.wait_for(behind, 30)
+        assert second.status == 202, second.answer
+
+        status, answer, _ = await _trickle(
+            asgi, "/graphql", b'{"query": "{ __typename }"}', chunk=10, every=0, silent_after=10
+        )
+        assert status == 408 and b"arrived too slowly" in answer
+        scrape = _Call("/metrics", b"", method="GET")
+        await asyncio.wait_for(scrape.run(asgi), 10)
+        assert _gauge(scrape.answer, "errorgraph_admission_bytes_held") == 0
+
+
+async def test_a_slow_body_that_keeps_the_minimum_rate_is_taken(tmp_path: Path):
+    """The rule is a rate, not a deadline: a body that takes four times the grace to
+    arrive, at twice the minimum rate, is stored; so is one that arrives slowly without a
+    budget (the rate is enforced with or without one)."""
+    for budget in (64 * 1024, 0):
+        async with _server(
+            tmp_path / str(budget),
+            budget=budget,
+            body_grace_seconds=0.25,
+            body_min_bytes_per_second=2000,
+        ) as served:
+            body = _batch(served.key, f"steady-{budget}", 3000)
+            status, answer, seconds = await _trickle(
+                served.asgi, "/api/v1/errors/batch", body, chunk=200, every=0.08
+            )
+            assert status == 202, answer
+            assert seconds >= 1.0
+            status, answer, _ = await _trickle(
+                served.asgi, "/api/v1/errors/batch", body, chunk=100, every=0.5
+            )
+            assert status == 408, answer
+
+
+def test_a_silent_body_is_cut_off_by_the_real_server(tmp_path: Path):
+    """Against `errorgraph serve` (uvicorn) on a socket: a client that announces a batch,
+    sends its first bytes and then nothing gets its 408 as JSON, and the server closes
+    the connection, while a batch sent whole beside it is stored."""
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'errorgraph.db'}",
+        broadcast_url="memory://",
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    env = {"ERRORGRAPH_BODY_GRACE_SECONDS": "0.5", "ERRORGRAPH_BODY_MIN_BYTES_PER_SECOND": "1000"}
+    with running_server(settings, tmp_path, env) as server:
+        created = subprocess.run(
+            [ERRORGRAPH, "project", "create", "slow", "--json"],
+            env=server.env,
+            check=True,
+            capture_output=True,
+        )
+        key = orjson.loads(created.stdout)["ingest_key"]
+        port = int(server.base_url.rpartition(":")[2])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.sendall(
+                b"POST /api/v1/errors/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 50000\r\n\r\n[{"
+            )
+            answered = httpx.post(
+                server.base_url + "/api/v1/errors/batch", content=_batch(key, "whole", 100)
+            )
+            assert answered.status_code == 202, answered.text
+            received = b""
+            while chunk := client.recv(65536):  # until the server closes the connection
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), received
+        assert b"connection: close" in head.lower()
+        assert orjson.loads(body)["detail"].startswith(
+            "the request body arrived too slowly: 2 bytes in "
+        )
