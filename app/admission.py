@@ -25,12 +25,11 @@ were larger than the budget.
 A body that arrives slowly holds its share of the budget while it arrives, so a body
 must keep coming: after `BODY_GRACE_SECONDS` of waiting for it, at least
 `BODY_MIN_BYTES_PER_SECOND` on average, or the request is answered 408 and its
-connection closed (as Kestrel's minimum request body data rate does; a per-read timeout
-such as nginx's `client_body_timeout` lets a byte every minute hold on for ever). Only
-time spent waiting for the client counts, not the handler's own work between reads nor
-the wait for admission, during which the client is held on TCP. Behind a proxy that
-buffers request bodies (nginx does by default, `deploy/nginx.conf` among them) every body
-arrives whole.
+connection closed (a timeout per read, as nginx's `client_body_timeout`, would let a
+byte a minute hold on for ever). Only time spent waiting for the client counts, not the
+handler's own work between reads nor the wait for admission, during which the client is
+held on TCP. Behind a proxy that buffers request bodies (nginx does by default,
+`deploy/nginx.conf` among them) every body arrives whole.
 """
 
 from __future__ import annotations
