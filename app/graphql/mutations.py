@@ -34,6 +34,7 @@ from .types import (
     ProjectKeyType,
     ProjectType,
     RetentionType,
+    TokenScopeEnum,
 )
 
 # The service's names for updateProjectSettings' arguments → the arguments.
@@ -109,6 +110,12 @@ class ProjectKeyCreated:
     key: ProjectKeyType
     secret: str = strawberry.field(description="Shown once: only a hash is stored.")
     dsn: str
+
+
+@strawberry.type
+class ApiTokenCreated:
+    token: ApiTokenType
+    secret: str = strawberry.field(description="Shown once: only a hash is stored.")
 
 
 @strawberry.input
@@ -460,6 +467,42 @@ class Mutation:
             exc.field = SETTING_ARGUMENTS.get(exc.field or "", exc.field)
             raise
         return ProjectType.from_row(project)
+
+    @strawberry.mutation(
+        description="Create an API token for this API. projectIds limits it to those "
+        "projects (null: every project); a caller whose own token is limited to projects "
+        "creates tokens limited to some of them."
+    )
+    async def create_api_token(
+        self,
+        info: Info,
+        scopes: list[TokenScopeEnum],
+        label: str = "",
+        project_ids: list[strawberry.ID] | None = None,
+    ) -> ApiTokenCreated:
+        viewer = await info.context.require("admin")
+        parsed = (
+            None
+            if project_ids is None
+            else sorted({required_id(value, "projectIds") for value in project_ids})
+        )
+        if not viewer.can_see_all(parsed):
+            raise Forbidden(
+                "your token is limited to projects: the new one must be limited to some of "
+                "them (projectIds)",
+                field="projectIds",
+            )
+        try:
+            created = await key_service.create_api_token(
+                sessions=info.context.sessions,
+                scopes=[scope.value for scope in scopes],
+                label=label,
+                project_ids=parsed,
+            )
+        except (InvalidInput, NotFound) as exc:
+            exc.field = {"project": "projectIds", "scope": "scopes"}.get(exc.field or "", exc.field)
+            raise
+        return ApiTokenCreated(token=ApiTokenType.from_row(created.token), secret=created.secret)
 
     @strawberry.mutation(
         description="Revoke an API token: requests bearing it are refused from now on (by "

@@ -232,6 +232,13 @@ def _checked_name(name: str) -> str:
     return name
 
 
+def _checked_label(label: str) -> str:
+    """The column holds 200 characters: PostgreSQL refuses more, SQLite would keep them."""
+    if len(label) > 200:
+        raise InvalidInput("the label is longer than 200 characters", field="label")
+    return label
+
+
 def _checked_strategy(grouping_strategy: str) -> str:
     if grouping_strategy not in STRATEGIES:
         known = ", ".join(sorted(STRATEGIES))
@@ -442,6 +449,7 @@ async def create_project_key(
     *, sessions: Sessions, project_id: int, scopes: Iterable[str], label: str = ""
 ) -> CreatedKey:
     chosen = _normalise_scopes(scopes, KEY_SCOPES, "scopes")
+    label = _checked_label(label)
     async with sessions.begin() as session:
         if await session.get(Project, project_id) is None:
             raise NotFound(f"no project {project_id}", field="project")
@@ -474,6 +482,13 @@ async def create_api_token(
     project_ids: list[int] | None = None,
 ) -> CreatedToken:
     chosen = _normalise_scopes(scopes, TOKEN_SCOPES, "scope")
+    label = _checked_label(label)
+    if project_ids is not None and not project_ids:
+        raise InvalidInput(
+            "a token limited to no project could do nothing: name at least one, or none "
+            "for every project",
+            field="project",
+        )
     async with sessions.begin() as session:
         for project_id in project_ids or []:
             if await session.get(Project, project_id) is None:

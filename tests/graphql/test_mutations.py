@@ -350,3 +350,63 @@ async def test_projects_and_keys(gql: GQL, app_client, app_project):
     assert revoked["revokeProjectKey"]["isActive"] is False
     error = await gql.error("{ projects { id } }", token=key["secret"])
     assert error["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_create_api_token(gql: GQL, app_client, app_project):
+    """An admin creates tokens through the API as `errorgraph token create` does; one whose
+    own token is limited to projects only creates tokens limited to some of them."""
+    from app.services.keys import create_api_token
+
+    project_id = str(app_project.project.id)
+    create = """mutation($scopes: [TokenScope!]!, $label: String! = "", $projectIds: [ID!]) {
+        createApiToken(scopes: $scopes, label: $label, projectIds: $projectIds) {
+            secret token { id label prefix scopes projectIds isActive }
+        }
+    }"""
+    # The project's admin token: a wider token than its own is refused.
+    error = await gql.error(create, {"scopes": ["READ"]})
+    assert error["extensions"] == {"code": "FORBIDDEN", "field": "projectIds"}
+    made = (await gql(create, {"scopes": ["READ"], "label": "ci", "projectIds": [project_id]}))[
+        "createApiToken"
+    ]
+    token = made["token"]
+    assert token["label"] == "ci" and token["scopes"] == ["READ"] and token["isActive"]
+    assert token["projectIds"] == [project_id]
+    assert made["secret"].startswith(token["prefix"])
+    # The secret works, for what its scope allows.
+    seen = await gql("{ projects { id } }", token=made["secret"])
+    assert seen["projects"] == [{"id": project_id}]
+    error = await gql.error(
+        create, {"scopes": ["READ"], "projectIds": [project_id]}, made["secret"]
+    )
+    assert error["extensions"]["code"] == "FORBIDDEN"  # a read token creates nothing
+    listed = (await gql("{ apiTokens { id label } }"))["apiTokens"]
+    assert {"id": token["id"], "label": "ci"} in listed
+
+    wide = await create_api_token(sessions=app_client.runtime.database.sessions, scopes=["admin"])
+    everything = (await gql(create, {"scopes": ["ADMIN", "READ"]}, wide.secret))["createApiToken"]
+    assert everything["token"]["projectIds"] is None
+    assert everything["token"]["scopes"] == ["READ", "ADMIN"]
+    created = await gql(
+        'mutation { createProject(name: "By token") { dsn } }', token=everything["secret"]
+    )
+    assert created["createProject"]["dsn"]
+
+    for variables, field, code in [
+        ({"scopes": [], "projectIds": [project_id]}, "scopes", "BAD_USER_INPUT"),
+        ({"scopes": ["READ"], "projectIds": []}, "projectIds", "BAD_USER_INPUT"),
+        ({"scopes": ["READ"], "projectIds": ["999999"]}, "projectIds", "NOT_FOUND"),
+        ({"scopes": ["READ"], "projectIds": ["x"]}, "projectIds", "NOT_FOUND"),
+        (
+            {"scopes": ["READ"], "label": "l" * 201, "projectIds": [project_id]},
+            "label",
+            "BAD_USER_INPUT",
+        ),
+    ]:
+        error = await gql.error(create, variables, wide.secret)
+        assert error["extensions"] == {"code": code, "field": field}, (variables, error)
+    long_key = """mutation($projectId: ID!) {
+        createProjectKey(projectId: $projectId, scopes: [INGEST], label: "%s") { secret }
+    }""" % ("k" * 201)
+    error = await gql.error(long_key, {"projectId": project_id})
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": "label"}
