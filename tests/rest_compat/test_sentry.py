@@ -1069,7 +1069,15 @@ def test_python_sdk_over_real_http(live_server, sdk_project, compression):
         "web-7",
     )
     assert [exc["type"] for exc in error.exceptions] == ["ZeroDivisionError", "PaymentDeclined"]
-    assert error.exceptions[0]["mechanism"] == {"type": "generic", "handled": True}
+    # The mechanism as the SDK sent it: sentry-sdk 2 marks the cause `generic`; 3 marks it
+    # `chained` and says how it hangs on the exception raised from it.
+    cause = error.exceptions[0]["mechanism"]
+    assert cause["handled"] is True
+    if cause["type"] == "chained":
+        assert (cause["source"], cause["exception_id"], cause["parent_id"]) == ("__cause__", 1, 0)
+        assert error.exceptions[1]["mechanism"]["exception_id"] == 0
+    else:
+        assert cause == {"type": "generic", "handled": True}
     assert [frame["function"] for frame in error.exceptions[0]["frames"]] == ["charge"]
     frames = error.exceptions[1]["frames"]
     assert [frame["function"] for frame in frames] == [
