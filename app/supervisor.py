@@ -112,10 +112,15 @@ class LineFormatter(logging.Formatter):
         return f"{timestamp} [{level:<9}] {message} [{record.name}]"
 
 
+def logs_json(log_format: str) -> bool:
+    """Whether this process logs JSON lines: asked for, or stderr is not a terminal (as
+    `app.logging.wants_json` decides, without importing structlog)."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+
+
 def configure_logging(*, level: str, log_format: str) -> None:
-    """This process's logging, to stderr: JSON lines unless stderr is a terminal, as
-    `app.logging.wants_json` decides for the workers."""
-    as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    """This process's logging, to stderr: JSON lines unless stderr is a terminal."""
+    as_json = logs_json(log_format)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LineFormatter(as_json=as_json))
     root = logging.getLogger()

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from app.supervisor import APP, BEAT_SECONDS, STARTUP_FAILURE, bind, log
+from app.supervisor import APP, BEAT_SECONDS, STARTUP_FAILURE, bind, log, logs_json
 
 
 class _Server(uvicorn.Server):
@@ -56,11 +56,23 @@ def serve_worker(options: dict[str, Any], port: int, heartbeat: ctypes.c_double)
     _Server(config, heartbeat).run(sockets=[sock])
 
 
+def without_console_extras(options: dict[str, Any]) -> None:
+    """structlog imports rich and pygments (~5 MiB) for its console renderer's
+    tracebacks, whichever renderer is used; a worker that logs JSON lines never shows
+    them. Marked absent before the app is imported, they are not loaded, and structlog
+    does without (as where rich is not installed)."""
+    formatter = options.get("log_config", {}).get("formatters", {}).get("errorgraph", {})
+    if logs_json(formatter.get("log_format", "auto")):
+        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> None:
     options, port, fd = argv if argv is not None else sys.argv[1:]
     shared = mmap.mmap(int(fd), ctypes.sizeof(ctypes.c_double))
     os.close(int(fd))
-    serve_worker(orjson.loads(options), int(port), ctypes.c_double.from_buffer(shared))
+    parsed = orjson.loads(options)
+    without_console_extras(parsed)
+    serve_worker(parsed, int(port), ctypes.c_double.from_buffer(shared))
 
 
 if __name__ == "__main__":

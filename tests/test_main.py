@@ -7,6 +7,8 @@ import sqlite3
 import subprocess
 import sys
 
+import orjson
+import pytest
 from asgi_lifespan import LifespanManager
 
 from app.config import Settings
@@ -76,3 +78,46 @@ def test_a_process_loads_libraries_only_when_it_needs_them(settings: Settings):
     with sqlite3.connect(path) as connection:
         revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
     assert revision == (SCHEMA_REVISION,)
+
+
+# A worker's start (`app.worker.main`), then an error logged through its logging.
+_WORKER = """
+import logging, logging.config, sys
+import orjson
+from app.worker import without_console_extras
+
+options = orjson.loads(sys.argv[1])
+without_console_extras(options)
+import app.main  # as uvicorn imports the app
+logging.config.dictConfig(options["log_config"])
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("errorgraph.test").exception("it failed")
+print(" ".join(name for name in ("rich", "pygments") if sys.modules.get(name) is not None))
+"""
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_worker_that_logs_json_does_without_rich(log_format: str):
+    """structlog loads rich and pygments (~5 MiB) for tracebacks on a terminal; a worker
+    that logs JSON lines does not load them, and still logs a traceback in its line."""
+    from app.logging import logging_config
+
+    options = {"log_config": logging_config(level="info", log_format=log_format)}
+    ran = subprocess.run(
+        [sys.executable, "-c", _WORKER, orjson.dumps(options).decode()],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    loaded = set(ran.stdout.split())
+    if log_format == "json":
+        assert loaded == set()
+        [line] = [orjson.loads(text) for text in ran.stderr.splitlines() if text.startswith("{")]
+        assert line["event"] == "it failed"
+        assert "ZeroDivisionError: division by zero" in line["exception"]
+    else:
+        assert loaded == {"rich", "pygments"}
+        assert "ZeroDivisionError" in ran.stderr
