@@ -26,9 +26,10 @@ A body that arrives slowly holds its share of the budget while it arrives, so a 
 must keep coming: after `BODY_GRACE_SECONDS` of waiting for it, at least
 `BODY_MIN_BYTES_PER_SECOND` on average, or the request is answered 408 and its
 connection closed (a timeout per read, as nginx's `client_body_timeout`, would let a
-byte a minute hold on for ever). Only time spent waiting for the client counts, not the
-handler's own work between reads nor the wait for admission, during which the client is
-held on TCP. Behind a proxy that buffers request bodies (nginx does by default,
+byte a minute hold on for ever). Only time spent waiting for the body counts, not the
+handler's own work between reads, nor the wait for admission, during which the client is
+held on TCP, nor a handler's wait for the disconnect once the body is in (a streamed
+answer's). Behind a proxy that buffers request bodies (nginx does by default,
 `deploy/nginx.conf` among them) every body arrives whole.
 """
 
@@ -134,16 +135,17 @@ class AdmissionMiddleware:
         admitted = budget is None
         received = 0
         waited = 0.0  # seconds spent waiting for the client's body
+        arrived = False  # the whole body: later reads wait for a disconnect, at no pace
         answering = False
         loop = asyncio.get_running_loop()
 
         async def counted() -> Message:
-            nonlocal admitted, received, charged, waited
+            nonlocal admitted, received, charged, waited, arrived
             if not admitted:
                 assert budget is not None
                 await budget.admit(charged)
                 admitted = True
-            if self.min_rate:
+            if self.min_rate and not arrived:
                 # What the body may still take: the grace, and a second for each
                 # `min_rate` bytes it has brought; always more than nothing, since the
                 # previous read ended within its own allowance.
@@ -164,6 +166,7 @@ class AdmissionMiddleware:
             else:
                 message = await receive()
             if message["type"] == "http.request":
+                arrived = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if budget is not None and received > charged:
                     # No Content-Length, or more than it said.

@@ -74,6 +74,25 @@ async def test_a_cancelled_waiter_gives_its_turn_to_the_next():
     assert budget.held == 20 and budget.waiting == 0
 
 
+def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An HTTP request's ASGI scope, as uvicorn makes it."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
 class _Call:
     """One request driven through the ASGI app, its body handed over when the test says."""
 
@@ -102,21 +121,7 @@ class _Call:
         headers = [(b"content-type", b"application/json"), *self.headers]
         if self.method != "GET":
             headers.append((b"content-length", str(self.declared).encode()))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": self.method,
-            "scheme": "http",
-            "path": self.path,
-            "raw_path": self.path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-            "state": {},
-        }
+        scope = _scope(self.method, self.path, headers)
         delivered = False
 
         async def receive() -> dict[str, Any]:
@@ -328,24 +333,8 @@ async def _trickle(
     """POST `body` through the ASGI app `chunk` bytes every `every` seconds, and nothing
     more after `silent_after` bytes (the client stays connected); (status, answer,
     seconds until answered)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    scope = _scope("POST", path, headers)
     sent = 0
     answer: dict[str, Any] = {"status": None, "body": b""}
 
@@ -477,3 +466,25 @@ def test_a_silent_body_is_cut_off_by_the_real_server(tmp_path: Path):
         assert orjson.loads(body)["detail"].startswith(
             "the request body arrived too slowly: 2 bytes in "
         )
+
+
+async def test_a_handler_waiting_for_the_disconnect_after_the_body_is_not_cut_off():
+    """The rate is the body's: once it has all arrived, a handler that waits on for the
+    client's disconnect (a streamed answer does) waits at no pace, however long."""
+    from app.admission import AdmissionMiddleware
+
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        with pytest.raises(TimeoutError):  # its own wait, past the body's allowance
+            await asyncio.wait_for(receive(), 0.6)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    app = AdmissionMiddleware(handler, budget=BodyBudget(1024), min_rate=1000, grace=0.2)
+    status, answer, _ = await _trickle(app, "/stream", b"x" * 100, chunk=50, every=0.01)
+    assert (status, answer) == (200, b"x" * 100)
