@@ -147,8 +147,8 @@ class AdmissionMiddleware:
                 admitted = True
             if self.min_rate and not arrived:
                 # What the body may still take: the grace, and a second for each
-                # `min_rate` bytes it has brought; always more than nothing, since the
-                # previous read ended within its own allowance.
+                # `min_rate` bytes it has brought (more than nothing after a read that
+                # brought some, since that read ended within its own allowance).
                 allowance = self.grace + received / self.min_rate - waited
                 began = loop.time()
                 try:
