@@ -334,6 +334,10 @@ class PubSub:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+            if _being_cancelled():
+                # `disconnect` cancelled this while it waited for a task above: the
+                # suppression must not keep it reconnecting (disconnect would wait on).
+                raise asyncio.CancelledError
 
     async def _supervise(self) -> None:
         delay = self._reconnect_delay
@@ -360,13 +364,25 @@ class PubSub:
             delay = min(delay * 2, self._max_reconnect_delay)
 
 
+def _being_cancelled() -> bool:
+    """Whether this task has been asked to stop, even where the CancelledError that
+    said so was caught with the errors of what it awaited."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def _quietly_disconnect(broadcast: Broadcast) -> None:
+    """Close `broadcast`, whatever ended it; a cancellation of the caller (`disconnect`)
+    still goes through once the connections are closed."""
     try:
         await asyncio.wait_for(broadcast.disconnect(), 5)
     except BaseException:
         # `Broadcast.disconnect` first re-raises what ended its listener (a lost
-        # connection) and only then closes its backend's connections: close them still.
+        # connection, or a CancelledError of its own) and only then closes its
+        # backend's connections: close them still.
         backend = getattr(broadcast, "_backend", None)
         if backend is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(backend.disconnect(), 5)
+        if _being_cancelled():
+            raise

@@ -214,3 +214,41 @@ async def test_a_broker_that_stops_answering_is_still_found_gone(tmp_path: Path)
     finally:
         await pubsub.disconnect()
         server.stop()
+
+
+async def test_disconnect_ends_while_a_lost_connection_is_being_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`disconnect` (the server's shutdown) used to wait for ever when it came while the
+    supervisor was closing a lost connection: the cancellation was taken for one of the
+    closing's own errors, and the supervisor went on reconnecting to a broker that was
+    gone."""
+    from broadcaster import Broadcast
+
+    closing = asyncio.Event()
+    real_disconnect = Broadcast.disconnect
+
+    async def slow_disconnect(self: Broadcast) -> None:
+        closing.set()
+        await asyncio.sleep(1)
+        await real_disconnect(self)
+
+    server = RedisServer(tmp_path)
+    server.start()
+    pubsub = PubSub(
+        server.url, heartbeat_interval=0.05, heartbeat_timeout=0.15, reconnect_delay=0.05
+    )
+    await pubsub.connect()
+    assert pubsub.connected
+    monkeypatch.setattr(Broadcast, "disconnect", slow_disconnect)
+    server.stop()
+    try:
+        await asyncio.wait_for(closing.wait(), 10)
+        disconnecting = asyncio.create_task(pubsub.disconnect())
+        # Not wait_for: its own cancellation at the timeout would end the wait it judges.
+        done, _ = await asyncio.wait({disconnecting}, timeout=10)
+        assert disconnecting in done, "disconnect did not end"
+        assert pubsub._supervisor is None
+    finally:
+        if pubsub._supervisor is not None:
+            pubsub._supervisor.cancel()
