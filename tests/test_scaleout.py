@@ -8,6 +8,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -196,11 +197,16 @@ async def test_event_on_a_reaches_subscriber_on_b_through_postgres(
 
 
 @contextmanager
-def running_nginx(workdir: Path, upstreams: list[LiveServer]) -> Iterator[str]:
-    """nginx with deploy/nginx.conf as shipped, only its ports changed; yields its URL."""
+def running_nginx(upstreams: list[LiveServer]) -> Iterator[str]:
+    """nginx with deploy/nginx.conf as shipped, only its ports changed; yields its URL.
+
+    Its prefix is a folder its workers can reach (pytest's are the owner's alone): they
+    write the bodies they buffer there, and run as another user when started by root."""
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if nginx is None:
         require_or_skip("nginx is not installed")
+    workdir = Path(tempfile.mkdtemp(prefix="errorgraph-nginx-"))
+    workdir.chmod(0o755)
     port = free_port()
     config = (ROOT / "deploy" / "nginx.conf").read_text()
     for placeholder, server in zip(("127.0.0.1:8001", "127.0.0.1:8002"), upstreams, strict=True):
@@ -227,13 +233,14 @@ def running_nginx(workdir: Path, upstreams: list[LiveServer]) -> Iterator[str]:
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def test_behind_the_shipped_nginx_config(pg_settings: Settings, tmp_path: Path, redis_server):
     """HTTP ingest and WebSocket subscriptions both pass through deploy/nginx.conf to
     two processes."""
     a_cm, b_cm = two_servers(pg_settings, tmp_path, redis_server.url)
-    with a_cm as a, b_cm as b, running_nginx(tmp_path, [a, b]) as front_url:
+    with a_cm as a, b_cm as b, running_nginx([a, b]) as front_url:
         front = LiveServer(
             base_url=front_url, settings=a.settings, process=a.process, env=a.env, log=a.log
         )
@@ -243,3 +250,26 @@ async def test_behind_the_shipped_nginx_config(pg_settings: Settings, tmp_path: 
         for client in clients:
             assert await delivered(client) == sent
             await client.close()
+
+        # The largest body errorgraph takes (a source map through GraphQL: 21 MiB and
+        # more was refused by nginx before errorgraph saw it).
+        source_map = {
+            "version": 3,
+            "sources": ["app.js"],
+            "names": [],
+            "mappings": "AAAA",
+            "sourcesContent": ["x" * (30 * 1024 * 1024)],
+        }
+        mutation = """mutation ($p: ID!, $map: String!) {
+            uploadSourceMap(projectId: $p, release: "big@1", url: "/app.min.js", sourceMap: $map)
+            { size }
+        }"""
+        variables = {"p": str(project["id"]), "map": json.dumps(source_map)}
+        async with httpx.AsyncClient(timeout=60) as http:
+            uploaded = await http.post(
+                front.base_url + "/graphql",
+                json={"query": mutation, "variables": variables},
+                headers={"Authorization": f"Bearer {project['token']}"},
+            )
+        assert uploaded.status_code == 200, uploaded.text[:300]
+        assert uploaded.json()["data"]["uploadSourceMap"]["size"] > 30 * 1024 * 1024
