@@ -131,9 +131,10 @@ class Settings(BaseSettings):
     events_per_hour: int | None = Field(default=None, ge=0)
 
     # Freeze the start-up heap out of the garbage collector's sight and collect less often
-    # (app.main._tune_garbage_collector). `errorgraph serve` turns it on for its server
-    # processes; off elsewhere, since a frozen heap is never collected (tests build many
-    # apps in one process).
+    # (app.main._tune_garbage_collector), and give large freed blocks back to the system
+    # (app.main.return_large_blocks): a served process's memory settings. `errorgraph
+    # serve` turns it on for its server processes; off elsewhere, since a frozen heap is
+    # never collected (tests build many apps in one process).
     gc_freeze: bool = False
     # How long a process trusts a project key or API token it looked up (and a key's
     # project's settings); changes made through another process take effect here within
