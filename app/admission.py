@@ -31,6 +31,9 @@ handler's own work between reads, nor the wait for admission, during which the c
 held on TCP, nor a handler's wait for the disconnect once the body is in (a streamed
 answer's). Behind a proxy that buffers request bodies (nginx does by default,
 `deploy/nginx.conf` among them) every body arrives whole.
+
+What a large body leaves behind is collected soon after its request ends
+(`app.memory.LargeBodyGarbage`), not when the collector's own cadence comes to it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.bodies import declared_length
+from app.memory import LargeBodyGarbage
 
 
 class BodyBudget:
@@ -107,21 +111,29 @@ class AdmissionMiddleware:
     """Holds the first read of each HTTP request's body until `budget` has room for it,
     and answers 408 to a body that arrives slower than `min_rate` bytes a second after
     `grace` seconds (see the module docstring). Without a budget every body is read at
-    once; with `min_rate` 0 any pace is taken. The budget is made by the app's factory,
-    which also shows it in the metrics."""
+    once; with `min_rate` 0 any pace is taken. `garbage`, when given, hears of each
+    request's body once it ended. The budget is made by the app's factory, which also
+    shows it in the metrics."""
 
     def __init__(
-        self, app: ASGIApp, *, budget: BodyBudget | None, min_rate: int = 0, grace: float = 0
+        self,
+        app: ASGIApp,
+        *,
+        budget: BodyBudget | None,
+        min_rate: int = 0,
+        grace: float = 0,
+        garbage: LargeBodyGarbage | None = None,
     ) -> None:
         self.app = app
         self.budget = budget
         self.min_rate = min_rate
         self.grace = grace
+        self.garbage = garbage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         budget = self.budget
         if (
-            (budget is None and not self.min_rate)
+            (budget is None and not self.min_rate and self.garbage is None)
             or scope["type"] != "http"
             or scope["method"] in _WITHOUT_BODY
         ):
@@ -195,3 +207,5 @@ class AdmissionMiddleware:
         finally:
             if admitted and budget is not None:
                 budget.release(charged)
+            if self.garbage is not None:
+                self.garbage.ended(received)

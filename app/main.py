@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import hmac
 import importlib
 import logging
 import pkgutil
-import platform
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,6 +26,7 @@ from app.errors import ErrorgraphError, Forbidden
 from app.graphql.context import bearer_secret
 from app.graphql.schema import graphql_app
 from app.logging import DialectRoute, RequestLogMiddleware
+from app.memory import LargeBodyGarbage, return_large_blocks, tune_garbage_collector
 from app.openapi import routes as openapi_routes
 from app.services.cleanup import RetentionCleanup
 from app.services.exports import export_chunks, export_filter, get_export_request
@@ -146,37 +144,6 @@ async def _unexpected(_request: Request, exc: Exception) -> Response:
     return JSONOut({"detail": "internal server error"}, status_code=500)
 
 
-def _tune_garbage_collector() -> None:
-    """Move everything alive after start-up (modules, the schema, SQLAlchemy's and
-    pydantic's caches: most of the heap) out of the collector's sight, and collect the
-    young generation less often. Each request allocates thousands of short-lived objects;
-    with the defaults the collector ran several times a request and walked the whole
-    start-up heap at every full pass: a sixth of the CPU of a one-event request."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 50)
-
-
-# glibc's mallopt parameter for the size from which blocks are mapped on their own.
-_M_MMAP_THRESHOLD = -3
-
-
-def return_large_blocks(threshold: int = 128 * 1024) -> bool:
-    """Give blocks of `threshold` bytes and more back to the system as soon as they are
-    freed. glibc maps such blocks on their own, but raises that size to each one it
-    frees, up to 32 MiB: after one large upload (a source map) the bodies, strings and
-    parses of the next ones of that size came from its heap and stayed there, and a
-    process idling at 100 MiB kept 440 after a 30 MiB source map (300 with this).
-    Setting the size fixes it. False where the C library is not glibc."""
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
-
-
 def create_app(
     settings: Settings | None = None, *, runtime_options: dict[str, Any] | None = None
 ) -> Starlette:
@@ -189,7 +156,7 @@ def create_app(
         runtime = await Runtime.start(settings, **options)
         app.state.runtime = runtime
         if settings.gc_freeze:
-            _tune_garbage_collector()
+            tune_garbage_collector()
             return_large_blocks()
         # Retention cleanup: every process ticks, one of the deployment runs it.
         cleanup = None
@@ -240,6 +207,7 @@ def create_app(
                 budget=admission,
                 min_rate=settings.body_min_bytes_per_second,
                 grace=settings.body_grace_seconds,
+                garbage=LargeBodyGarbage() if settings.gc_freeze else None,
             ),
         ],
         exception_handlers={

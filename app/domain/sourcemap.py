@@ -74,20 +74,7 @@ class LoadedSourceMap:
     @classmethod
     def from_bytes(cls, content: bytes) -> LoadedSourceMap:
         """Parse and check `content`; InvalidSourceMap says what is wrong with it."""
-        try:
-            document = orjson.loads(content)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidSourceMap(f"not JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise InvalidSourceMap("not a source map: the JSON is not an object")
-        if document.get("version") != 3:
-            raise InvalidSourceMap(
-                f"not a source map of version 3 (version is {document.get('version')!r})"
-            )
-        if not isinstance(document.get("mappings"), str) and not isinstance(
-            document.get("sections"), list
-        ):
-            raise InvalidSourceMap("not a source map: it has neither mappings nor sections")
+        _check_document(content)
         try:
             view = SourceMapView.from_json_bytes(content)
         except SymbolicError as exc:
@@ -96,6 +83,26 @@ class LoadedSourceMap:
             raise InvalidSourceMap("the source map maps nothing (no mappings)")
         sources = tuple(name or "" for _, name in view.iter_sources())
         return cls(view=view, sources=sources)
+
+
+def _check_document(content: bytes) -> None:
+    """What symbolic does not check: JSON, an object, version 3, mappings or sections.
+    A function of its own so that the parsed document (as large as the map) is gone
+    before symbolic's view of the map (larger) is built."""
+    try:
+        document = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidSourceMap(f"not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidSourceMap("not a source map: the JSON is not an object")
+    if document.get("version") != 3:
+        raise InvalidSourceMap(
+            f"not a source map of version 3 (version is {document.get('version')!r})"
+        )
+    if not isinstance(document.get("mappings"), str) and not isinstance(
+        document.get("sections"), list
+    ):
+        raise InvalidSourceMap("not a source map: it has neither mappings nor sections")
 
 
 # --- which stored map serves which frame -----------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +231,21 @@ async def test_store_refuses_naming_the_field(runtime, project: CreatedProject, 
             sessions=runtime.database.sessions, project_id=project.project.id, **arguments
         )
     assert refused.value.field == field
+
+
+async def test_storing_a_map_keeps_no_reference_to_it(runtime, project: CreatedProject):
+    """Nothing holds the map's bytes once stored (SQLAlchemy caches each statement's first
+    compiled form, and with it the values put into that statement: a first 30 MiB map
+    stayed in memory for good)."""
+    content = map_bytes()
+    references = sys.getrefcount(content)
+    for _ in range(2):  # stored, then replaced
+        await service.store_source_map(
+            sessions=runtime.database.sessions,
+            project_id=project.project.id,
+            release="1",
+            url=BUNDLE_URL,
+            content=content,
+        )
+    gc.collect()
+    assert sys.getrefcount(content) == references
