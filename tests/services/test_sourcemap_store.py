@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event as sa_event
 
 from app.domain.event import EventIn
-from app.errors import InvalidInput
+from app.errors import InvalidInput, NotFound
 from app.models import SourceMap
 from app.services import sourcemaps as service
 from app.services.keys import CreatedProject
@@ -249,3 +249,37 @@ async def test_storing_a_map_keeps_no_reference_to_it(runtime, project: CreatedP
         )
     gc.collect()
     assert sys.getrefcount(content) == references
+
+
+async def test_storing_for_a_missing_project_is_not_found(runtime):
+    with pytest.raises(NotFound) as refused:
+        await service.store_source_map(
+            sessions=runtime.database.sessions,
+            project_id=987654,
+            release="1",
+            url=BUNDLE_URL,
+            content=map_bytes(),
+        )
+    assert refused.value.field == "project"
+
+
+async def test_concurrent_uploads_of_one_url_leave_one_map(runtime, project: CreatedProject):
+    """Two uploads of one URL at once leave one map, whichever stored last."""
+    sessions = runtime.database.sessions
+    stored = await asyncio.gather(
+        *(
+            service.store_source_map(
+                sessions=sessions,
+                project_id=project.project.id,
+                release="1",
+                url=BUNDLE_URL,
+                content=map_bytes(build),
+            )
+            for build in ("esbuild", "terser")
+        )
+    )
+    assert stored[0].id == stored[1].id
+    listed = await service.list_source_maps(
+        sessions=sessions, project_id=project.project.id, release="1"
+    )
+    assert [row.id for row in listed] == [stored[0].id]
