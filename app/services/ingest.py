@@ -547,10 +547,13 @@ class BatchWriter:
                 continue
             if self._transactions == 1:
                 await write(batch)
-                continue
-            task = asyncio.create_task(write(batch))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
+            else:
+                task = asyncio.create_task(write(batch))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            # Not kept while the next batch is awaited: an idle process held its last one
+            # (events, payloads, the callers' futures) until more came.
+            del batch
         if in_flight:
             await asyncio.gather(*in_flight)
 

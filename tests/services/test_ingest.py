@@ -4,6 +4,7 @@ ignore conditions, and publishing only what was committed."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from app.domain.event import AccountIn, EventIn, EventType, ExceptionIn, Frame, 
 from app.errors import InvalidInput
 from app.models import AffectedUser, Event, Group, GroupStatus, GroupUser
 from app.pubsub import EVENT_CAPTURED, GROUP_CREATED, GROUP_UPDATED
-from app.services.ingest import ingest_events
+from app.services.ingest import PreparedEvent, ingest_events
 from app.services.issues import ignore_group, resolve_group
 from app.services.keys import CreatedProject
 from app.services.runtime import Runtime
@@ -321,3 +322,12 @@ async def test_an_older_event_arriving_later_moves_first_seen_back(
     assert (group.first_seen, group.last_seen) == (T0, later)
     assert (user.first_seen, user.last_seen) == (T0, later)
     assert (link.first_seen, link.last_seen) == (T0, later)
+
+
+async def test_the_writer_keeps_no_batch_once_written(runtime: Runtime, project: CreatedProject):
+    """Events, their payloads and callers' futures are let go once their batch is
+    written, not kept until the next batch comes (an idle process held its last batch)."""
+    await asyncio.gather(*(ingest(runtime, project, error_event(i)) for i in range(20)))
+    gc.collect()
+    kept = [o for o in gc.get_objects() if isinstance(o, PreparedEvent | EventIn)]
+    assert kept == []
