@@ -327,7 +327,18 @@ async def test_an_older_event_arriving_later_moves_first_seen_back(
 async def test_the_writer_keeps_no_batch_once_written(runtime: Runtime, project: CreatedProject):
     """Events, their payloads and callers' futures are let go once their batch is
     written, not kept until the next batch comes (an idle process held its last batch)."""
-    await asyncio.gather(*(ingest(runtime, project, error_event(i)) for i in range(20)))
+    ids = {f"writer-let-go-{i}" for i in range(20)}
+    await asyncio.gather(
+        *(
+            ingest(runtime, project, error_event(i, event_id=event_id))
+            for i, event_id in enumerate(ids)
+        )
+    )
     gc.collect()
-    kept = [o for o in gc.get_objects() if isinstance(o, PreparedEvent | EventIn)]
+    kept = [
+        o
+        for o in gc.get_objects()
+        if (isinstance(o, EventIn) and o.event_id in ids)
+        or (isinstance(o, PreparedEvent) and o.event.event_id in ids)
+    ]
     assert kept == []
