@@ -131,9 +131,9 @@ class Settings(BaseSettings):
     events_per_hour: int | None = Field(default=None, ge=0)
 
     # Freeze the start-up heap out of the garbage collector's sight and collect less often
-    # (app.main._tune_garbage_collector), collect once large request bodies ended
-    # (app.admission.LargeBodyGarbage), and give large freed blocks back to the system
-    # (app.main.return_large_blocks): a served process's memory settings. `errorgraph
+    # (app.memory.tune_garbage_collector), collect once large request bodies ended
+    # (app.memory.LargeBodyGarbage), and give large freed blocks back to the system
+    # (app.memory.return_large_blocks): a served process's memory settings. `errorgraph
     # serve` turns it on for its server processes; off elsewhere, since a frozen heap is
     # never collected (tests build many apps in one process).
     gc_freeze: bool = False

@@ -10,6 +10,7 @@ such a request allocated stayed resident long after it ended.
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import platform
 
@@ -45,6 +46,7 @@ def return_large_blocks(threshold: int = 128 * 1024) -> bool:
         return False
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     if platform.libc_ver()[0] != "glibc":
         return None

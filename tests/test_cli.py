@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from support import ERRORGRAPH, cli_env
+from support import ERRORGRAPH, cli_env, rss_mib
 
 from app.config import Settings
 
@@ -134,13 +134,6 @@ def test_serve_refuses_memory_pubsub_with_workers(settings: Settings, tmp_path: 
     assert "ERRORGRAPH_BROADCAST_URL" in refused.stderr
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -234,8 +227,8 @@ def test_serve_with_workers_supervises_them_from_a_lean_process(settings: Settin
         assert cmdline[1:3] == ["-m", "app.supervisor"]
         # Neither the app nor uvicorn nor structlog (~17 MiB); the set-up's process held
         # ~100, and with uvicorn and structlog it held ~39.
-        assert _rss_mib(process.pid) < 25
-        assert all(_rss_mib(worker) > 80 for worker in workers)  # they hold the app
+        assert rss_mib(process.pid) < 25
+        assert all(rss_mib(worker) > 80 for worker in workers)  # they hold the app
         # Its only children are the workers (no resource tracker of multiprocessing's).
         assert sorted(_children(process.pid)) == sorted(workers)
 

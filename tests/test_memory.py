@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ERRORGRAPH, LiveServer, running_server
+from support import ERRORGRAPH, LiveServer, rss_mib, running_server
 
 from app.config import Settings
 from app.memory import LargeBodyGarbage, trim_heap
@@ -94,13 +94,6 @@ def test_large_freed_blocks_go_back_to_the_system():
     assert kept("set") <= 3
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def _source_map(size: int) -> str:
     """A source map of about `size` bytes, most of it the sources' content, in lines
     the way bundled modules are."""
@@ -150,12 +143,12 @@ def test_a_served_process_keeps_nothing_of_large_uploads(settings: Settings, tmp
         project = json.loads(created.stdout)
         pid = server.process.pid
         _upload(server, project["token"], project["id"], _source_map(64 * 1024))  # warm up
-        before = _rss_mib(pid)
+        before = rss_mib(pid)
         large = _source_map(16 * 1024 * 1024)
         for _ in range(3):
             _upload(server, project["token"], project["id"], large)
         # The collection runs on the event loop once an answer is sent, before the loop
         # takes the next request: this one is answered after it.
         assert httpx.get(server.base_url + "/health/live").status_code == 200
-        after = _rss_mib(pid)
+        after = rss_mib(pid)
         assert after - before < 12, (before, after)
