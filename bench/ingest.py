@@ -44,7 +44,7 @@ SERVER_ENV: dict[str, str] = dict(NO_CLIENT_LIMITS)
 
 COLUMNS = (
     "| run | server | events | accepted ev/s | p50 ms | p95 ms | p99 ms | answers "
-    "| end-to-end ev/s | server CPU ms/event | peak RSS MiB |"
+    "| end-to-end ev/s | server CPU ms/event | peak RSS MiB | peak PSS MiB |"
 )
 
 
@@ -63,7 +63,7 @@ def row(run: str, name: str, result: loadgen.Result) -> str:
         f"| {run} | {name} | {result.events:,} | {result.accepted_per_s:,.0f} | "
         f"{result.p50_ms:.1f} | {result.p95_ms:.1f} | {result.p99_ms:.1f} | "
         f"{result.status_text()} | {e2e} | {result.server_cpu_ms_per_event:.2f} | "
-        f"{result.peak_rss_mib:.0f} |"
+        f"{result.peak_rss_mib:.0f} | {result.peak_pss_mib:.0f} |"
     )
 
 
@@ -77,7 +77,8 @@ def median_row(name: str, results: list[loadgen.Result]) -> str:
         f"{med('p50_ms'):.1f} | {med('p95_ms'):.1f} | {med('p99_ms'):.1f} | | "
         f"{'**' + format(e2e, ',.0f') + '**' if e2e == e2e else '-'} | "
         f"{med('server_cpu_ms_per_event'):.2f} | "
-        f"{max(r.peak_rss_mib or 0 for r in results):.0f} (max) |"
+        f"{max(r.peak_rss_mib or 0 for r in results):.0f} (max) | "
+        f"{max(r.peak_pss_mib or 0 for r in results):.0f} (max) |"
     )
 
 
@@ -119,6 +120,7 @@ def measure(
                 expect_visible=before,
             )
         result.peak_rss_mib = rss.peak
+        result.peak_pss_mib = rss.peak_pss
         result.server_cpu_ms_per_event = rss.cpu_seconds * 1000 / max(1, result.accepted)
         return result
 
@@ -161,7 +163,7 @@ def compare(
         flush=True,
     )
     print(COLUMNS)
-    print("| " + " | ".join(["---"] * 2 + ["---:"] * 9) + " |", flush=True)
+    print("| " + " | ".join(["---"] * 2 + ["---:"] * 10) + " |", flush=True)
     for repeat in range(1, args.repeats + 1):
         for name, factory, shape, count, read_side in sides:
             with tempfile.TemporaryDirectory(prefix="errorgraph-bench-") as tmp:

@@ -418,6 +418,7 @@ class Result:
     e2e_seconds: float | None = None
     e2e_per_s: float | None = None
     peak_rss_mib: float | None = None
+    peak_pss_mib: float | None = None
     server_cpu_ms_per_event: float | None = None
 
     def status_text(self) -> str:

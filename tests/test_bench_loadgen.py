@@ -105,3 +105,44 @@ def test_a_server_that_closes_each_connection_gets_every_request() -> None:
     assert result.statuses == {"200": 12}
     assert result.accepted == 12
     assert sorted(answered) == sorted(len(request.body) for request in built)
+
+
+SHARING = """
+import os, sys
+block = bytearray(64 << 20)
+for offset in range(0, len(block), 4096):
+    block[offset] = 1  # resident, and private to this process until it forks
+child = os.fork()
+if child == 0:
+    sys.stdin.read()  # the child only reads: the 64 MiB stay shared with its parent
+    os._exit(0)
+print(child, flush=True)
+sys.stdin.read()
+os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux's /proc")
+def test_shared_pages_count_once_in_the_proportional_size() -> None:
+    """Two processes sharing 64 MiB (a parent and the child it forked, as a server's
+    workers share what they mapped before): the sum of their RSS counts the block twice,
+    their PSS once, which is what `ingest.py` reports beside the RSS for several workers."""
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", SHARING], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        child = int(process.stdout.readline())
+        assert servers._tree([process.pid]) == [process.pid, child]
+        rss = servers.tree_rss_mib([process.pid])
+        pss = servers.tree_pss_mib([process.pid])
+        assert rss > 2 * 64
+        assert 64 < pss < rss - 56
+        with servers.RssSampler([process.pid]) as sampler:
+            pass
+        assert sampler.peak > 2 * 64
+        assert 64 < sampler.peak_pss < sampler.peak - 56
+    finally:
+        process.communicate(b"")
