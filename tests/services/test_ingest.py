@@ -342,3 +342,74 @@ async def test_the_writer_keeps_no_batch_once_written(runtime: Runtime, project:
         or (isinstance(o, PreparedEvent) and o.event.event_id in ids)
     ]
     assert kept == []
+
+
+async def test_the_writers_lookups_read_what_sqlalchemy_reads(
+    runtime: Runtime, project: CreatedProject
+):
+    """On SQLite the writer looks groups, people and stored events up through the driver:
+    the same rows and values, dates and flags typed, as SQLAlchemy's query gives."""
+    from sqlalchemy import select as sa_select
+
+    from app.services import ingest as service
+
+    engine = runtime.database.sync_writer
+    if engine is None:
+        pytest.skip("the writer has no driver path on this database")
+    [ignored] = await ingest(runtime, project, error_event(1, user="u1", release="1.0"))
+    [resolved] = await ingest(runtime, project, error_event(2, user="u2"))
+    await ingest(runtime, project, error_event(3))
+    now = datetime.now(UTC).replace(microsecond=0)
+    sessions = runtime.database.sessions
+    await ignore_group(sessions=sessions, group_id=ignored.group_id, until=now + timedelta(hours=1))
+    await resolve_group(sessions=sessions, group_id=resolved.group_id, in_next_release=True)
+    project_id = project.project.id
+    assert project_id is not None
+
+    def read() -> tuple[dict, dict, list, dict, dict]:
+        with engine.connect() as conn:
+            fingerprints = list(conn.scalars(sa_select(Group.fingerprint)))
+            via_driver: dict = {}
+            service._select_groups(conn, [(project_id, fp) for fp in fingerprints], via_driver)
+            columns = [getattr(Group, name) for name in service.GROUP_STATE_COLUMNS]
+            via_sqlalchemy = {
+                (project_id, row[0]): dict(zip(service.GROUP_STATE_COLUMNS, row[1:], strict=True))
+                for row in conn.execute(sa_select(Group.fingerprint, *columns))
+            }
+            people: dict = {}
+            service._select_people(
+                conn, service.USERS, [(project_id, "u1"), (project_id, "nobody")], people
+            )
+            stored = sorted(
+                service._lookup(
+                    conn,
+                    service.EVENTS,
+                    project_id,
+                    "event_id",
+                    [ignored.event_id, resolved.event_id, "0" * 32],
+                    ("event_id", "id", "group_id"),
+                    lambda: None,
+                )
+            )
+            users = dict(conn.execute(sa_select(AffectedUser.external_id, AffectedUser.id)).all())
+            return via_driver, via_sqlalchemy, stored, people, users
+
+    via_driver, via_sqlalchemy, stored, people, users = await asyncio.to_thread(read)
+    assert len(via_driver) == 3
+    assert via_driver == via_sqlalchemy
+    for key, row in via_driver.items():
+        assert {name: type(value) for name, value in row.items()} == {
+            name: type(value) for name, value in via_sqlalchemy[key].items()
+        }
+    ignored_row = next(row for row in via_driver.values() if row["id"] == ignored.group_id)
+    assert ignored_row["status"] == GroupStatus.IGNORED
+    assert ignored_row["ignore_until"] == now + timedelta(hours=1)
+    resolved_row = next(row for row in via_driver.values() if row["id"] == resolved.group_id)
+    assert resolved_row["resolved_at"] is not None and resolved_row["is_regression"] is False
+    assert people == {(project_id, "u1"): users["u1"]}
+    assert stored == sorted(
+        [
+            (ignored.event_id, ignored.id, ignored.group_id),
+            (resolved.event_id, resolved.id, resolved.group_id),
+        ]
+    )
