@@ -245,14 +245,27 @@ async def grant_for(runtime: Runtime, *, project_id: int, key: str) -> KeyGrant:
 _NON_FINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 
 
-def _finite(value: Any) -> Any:
-    """`value` with every NaN and ±Infinity replaced by its name as a string."""
+# One half of a UTF-16 surrogate pair, alone: the standard library reads `"\udc80"`
+# into a string holding it (a pair becomes the character it encodes).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """`value` with every NaN and ±Infinity replaced by its name as a string, and every
+    lone surrogate by U+FFFD. Python writes a file name it could not decode with such
+    halves (`os.fsdecode`), and the SDK's JSON escapes them, which orjson refuses and the
+    standard library reads; no database stores them in text, so an event holding one
+    failed its whole batch (503) instead of being kept."""
+    if isinstance(value, str):
+        if value.isascii() or not _LONE_SURROGATE.search(value):
+            return value
+        return _LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {_storable(key): _storable(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_finite(item) for item in value]
+        return [_storable(item) for item in value]
     return value
 
 
@@ -281,7 +294,8 @@ def _too_deep(what: str) -> InvalidInput:
 
 def load_json(data: bytes, *, what: str) -> Any:
     """Parse `data`; orjson first (fast), the standard library when orjson refuses,
-    because the Python SDK writes NaN and Infinity, which only the latter reads."""
+    because the Python SDK writes NaN and Infinity, and lone surrogates' escapes, which
+    only the latter reads (see `_storable`)."""
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -296,7 +310,7 @@ def load_json(data: bytes, *, what: str) -> Any:
     except RecursionError:
         raise _too_deep(what) from None
     _check_depth(value, what=what)
-    return _finite(value)
+    return _storable(value)
 
 
 def _json_object(data: bytes, *, what: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import io
 import json
 import subprocess
 import tracemalloc
@@ -267,6 +268,39 @@ async def test_legacy_store_body_with_nan(app_client, app_project):
     assert event.tags == {"queue": "payments", "attempt": "3"}
     assert event.logger == "shop.tasks"
     assert event.timestamp == datetime(2019, 6, 3, 10, 15, 42, tzinfo=UTC)
+
+
+async def test_lone_surrogates_from_the_python_sdk_are_kept_as_replacement_characters(
+    app_client, app_project
+):
+    """Python decodes a file name it cannot read as UTF-8 with lone surrogates, and the
+    SDK's JSON escapes them; the event is stored with U+FFFD in their place (it failed
+    its batch with a 503 before)."""
+    from sentry_sdk.envelope import Envelope
+
+    event_id = "5d1a5c0e9a8b4f7e8c1d2e3f4a5b6c7e"
+    sdk_envelope = Envelope(headers={"event_id": event_id})
+    sdk_envelope.add_event(
+        {
+            "event_id": event_id,
+            "message": "cannot open /srv/data/r\udce9sum\u00e9.csv",
+            "extra": {"path\udc80": "x", "pair": "\U0001f600"},
+            "user": {"id": "u\ud800"},
+        }
+    )
+    body = io.BytesIO()
+    sdk_envelope.serialize_into(body)
+    assert b"\\udce9" in body.getvalue()
+    response = await app_client.http.post(
+        url(app_project, "envelope"),
+        content=body.getvalue(),
+        headers=auth(app_project.ingest_key.secret),
+    )
+    assert response.status_code == 200, response.text
+    [event] = await stored_events(app_client)
+    assert event.message == "cannot open /srv/data/r\ufffdsum\u00e9.csv"
+    assert event.extra == {"path\ufffd": "x", "pair": "\U0001f600"}
+    assert event.user == {"id": "u\ufffd", "data": {}}
 
 
 # --- Content-Encoding ------------------------------------------------------------------
