@@ -254,8 +254,8 @@ def _storable(value: Any) -> Any:
     """`value` with every NaN and ±Infinity replaced by its name as a string, and every
     lone surrogate by U+FFFD. Python writes a file name it could not decode with such
     halves (`os.fsdecode`), and the SDK's JSON escapes them, which orjson refuses and the
-    standard library reads; no database stores them in text, so an event holding one
-    failed its whole batch (503) instead of being kept."""
+    standard library reads; no database stores them in text, so writing an event holding
+    one failed (its request answered 503) instead of keeping it."""
     if isinstance(value, str):
         if value.isascii() or not _LONE_SURROGATE.search(value):
             return value

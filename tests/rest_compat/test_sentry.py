@@ -274,8 +274,8 @@ async def test_lone_surrogates_from_the_python_sdk_are_kept_as_replacement_chara
     app_client, app_project
 ):
     """Python decodes a file name it cannot read as UTF-8 with lone surrogates, and the
-    SDK's JSON escapes them; the event is stored with U+FFFD in their place (it failed
-    its batch with a 503 before)."""
+    SDK's JSON escapes them; the event is stored with U+FFFD in their place (writing it
+    failed before, and its request was answered 503)."""
     from sentry_sdk.envelope import Envelope
 
     event_id = "5d1a5c0e9a8b4f7e8c1d2e3f4a5b6c7e"
