@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -351,7 +351,7 @@ class _DriverLookup:
     processors: tuple[Callable[[Any], Any] | None, ...]
 
 
-@cache
+@lru_cache(maxsize=64)  # a few statements per engine's dialect
 def _driver_lookup(
     dialect: sa.Dialect, table: sa.Table, key: str, columns: tuple[str, ...]
 ) -> _DriverLookup:
