@@ -250,16 +250,30 @@ _NON_FINITE = {"NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity"}
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# The integers orjson reads and writes as integers; it reads larger ones as floats.
+_INTEGERS = range(-(2**63), 2**64)
+
+
 def _storable(value: Any) -> Any:
-    """`value` with every NaN and ±Infinity replaced by its name as a string, and every
-    lone surrogate by U+FFFD. Python writes a file name it could not decode with such
-    halves (`os.fsdecode`), and the SDK's JSON escapes them, which orjson refuses and the
-    standard library reads; no database stores them in text, so writing an event holding
-    one failed (its request answered 503) instead of keeping it."""
+    """`value` as orjson would have read it, where it can, so that it can be stored:
+
+    - NaN and ±Infinity become their names as strings;
+    - every lone surrogate becomes U+FFFD. Python writes a file name it could not decode
+      with such halves (`os.fsdecode`), and the SDK's JSON escapes them; no database
+      stores them in text, so writing an event holding one failed (its request
+      answered 503) instead of keeping it;
+    - integers beyond 64 bits become floats, as orjson reads them (the events' JSON is
+      written with orjson, which refuses them: the same 503).
+    """
     if isinstance(value, str):
         if value.isascii() or not _LONE_SURROGATE.search(value):
             return value
         return _LONE_SURROGATE.sub("\ufffd", value)
+    if type(value) is int and value not in _INTEGERS:
+        try:
+            value = float(value)
+        except OverflowError:
+            return "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):

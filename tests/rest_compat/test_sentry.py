@@ -270,6 +270,35 @@ async def test_legacy_store_body_with_nan(app_client, app_project):
     assert event.timestamp == datetime(2019, 6, 3, 10, 15, 42, tzinfo=UTC)
 
 
+async def test_integers_beyond_64_bits_beside_nan_are_read_as_orjson_reads_them(
+    app_client, app_project
+):
+    """NaN sends the body to the standard library's parser, which reads integers of any
+    size; stored JSON cannot hold those beyond 64 bits (the event's request was answered
+    503), so they become floats, as orjson reads them when it parses the body itself."""
+    body = (
+        b'{"event_id": "5d1a5c0e9a8b4f7e8c1d2e3f4a5b6c7f", "message": "overflow",'
+        b' "extra": {"ratio": NaN, "largest": 18446744073709551615,'
+        b' "larger": 18446744073709551616, "smallest": -9223372036854775808,'
+        b' "smaller": -9223372036854775809, "huge": 1' + b"0" * 400 + b"}}"
+    )
+    response = await app_client.http.post(
+        url(app_project, "store"),
+        content=body,
+        headers={"Content-Type": "application/json", **auth(app_project.ingest_key.secret)},
+    )
+    assert response.status_code == 200, response.text
+    [event] = await stored_events(app_client)
+    assert event.extra == {
+        "ratio": "NaN",
+        "largest": 18446744073709551615,
+        "larger": 1.8446744073709552e19,
+        "smallest": -9223372036854775808,
+        "smaller": -9.223372036854776e18,
+        "huge": "Infinity",
+    }
+
+
 async def test_lone_surrogates_from_the_python_sdk_are_kept_as_replacement_characters(
     app_client, app_project
 ):
