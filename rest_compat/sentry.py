@@ -1087,7 +1087,8 @@ def _store_event_bytes(data: bytes) -> bytes:
     """The JSON of a store body: JSON itself, or base64 of zlib-compressed (or plain)
     JSON, which the old Raven clients sent."""
     stripped = data.strip()
-    if stripped[:1] == b"{":
+    # `[`, `"`: JSON all the same (base64 has neither), which `_json_object` refuses by name.
+    if stripped[:1] in (b"{", b"[", b'"'):
         if len(stripped) > MAX_EVENT_BYTES:
             raise PayloadTooLarge(f"the event is larger than {MAX_EVENT_BYTES} bytes")
         return stripped

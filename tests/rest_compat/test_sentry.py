@@ -902,14 +902,19 @@ async def test_store_accepts_base64_of_zlib(app_client, app_project):
     assert event.exception_type == "KeyError"
 
 
-async def test_store_rejects_what_is_neither(app_client, app_project):
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"%%%", "the body is neither JSON nor base64 of zlib-compressed JSON"),
+        (b" [1, 2]", "the event must be a JSON object"),
+        (b'"event"', "the event must be a JSON object"),
+    ],
+)
+async def test_store_rejects_what_is_neither(app_client, app_project, body, detail):
     response = await app_client.http.post(
-        url(app_project, "store"), content=b"%%%", headers=auth(app_project.ingest_key.secret)
+        url(app_project, "store"), content=body, headers=auth(app_project.ingest_key.secret)
     )
-    assert (response.status_code, response.json()) == (
-        400,
-        {"detail": "the body is neither JSON nor base64 of zlib-compressed JSON"},
-    )
+    assert (response.status_code, response.json()) == (400, {"detail": detail})
 
 
 @pytest.mark.parametrize("form", ["json", "base64-zlib"])
