@@ -71,40 +71,42 @@ def _tree(roots: list[int]) -> list[int]:
     return found
 
 
-def tree_rss_mib(roots: list[int]) -> float:
-    """Resident memory of `roots` and all their descendants, in MiB."""
+def _sum_mib(pids: list[int], file: str, field: str) -> float:
+    """The sum over `pids` of the kB figure `field` (e.g. `VmRSS:`) of `/proc/PID/file`."""
     total = 0
-    for pid in _tree(roots):
+    for pid in pids:
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
-
-
-def tree_pss_mib(roots: list[int]) -> float:
-    """Proportional set size of `roots` and their descendants, in MiB: each page counted
-    once over the processes that share it, where the sum of their RSS counts it in each.
-    For several processes forked from one that imported the app, this is what they take
-    from the machine."""
-    total = 0
-    for pid in _tree(roots):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+            for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+                if line.startswith(field):
                     total += int(line.split()[1])
                     break
     return total / 1024
 
 
-def tree_cpu_seconds(roots: list[int]) -> dict[int, float]:
-    """CPU time (user + system) each process of the trees under `roots` has used."""
+def tree_rss_mib(roots: list[int]) -> float:
+    """Resident memory of `roots` and all their descendants, in MiB."""
+    return _sum_mib(_tree(roots), "status", "VmRSS:")
+
+
+def tree_pss_mib(roots: list[int]) -> float:
+    """Proportional set size of `roots` and their descendants, in MiB: each page counted
+    once over the processes that share it (the interpreter's and the libraries' files,
+    for a server's workers), where the sum of their RSS counts it in each."""
+    return _sum_mib(_tree(roots), "smaps_rollup", "Pss:")
+
+
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
     used = {}
-    for pid in _tree(roots):
+    for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
             used[pid] = (int(fields[11]) + int(fields[12])) / TICKS
     return used
+
+
+def tree_cpu_seconds(roots: list[int]) -> dict[int, float]:
+    """CPU time (user + system) each process of the trees under `roots` has used."""
+    return _cpu_seconds(_tree(roots))
 
 
 class RssSampler:
@@ -124,9 +126,10 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        self.peak = max(self.peak, tree_rss_mib(self.roots))
-        self.peak_pss = max(self.peak_pss, tree_pss_mib(self.roots))
-        self._last.update(tree_cpu_seconds(self.roots))
+        pids = _tree(self.roots)  # once a sample: it reads every process's stat
+        self.peak = max(self.peak, _sum_mib(pids, "status", "VmRSS:"))
+        self.peak_pss = max(self.peak_pss, _sum_mib(pids, "smaps_rollup", "Pss:"))
+        self._last.update(_cpu_seconds(pids))
 
     def _run(self) -> None:
         while not self._stop.is_set():
